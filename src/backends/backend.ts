@@ -1,0 +1,73 @@
+/**
+ * Where messages go between publish and fan-out. The broker talks only to this
+ * interface; the in-memory backend keeps one process self-contained and the
+ * Redis backend lets several nodes share fan-out and history. Both run the same
+ * contract suite (test/contract/backend.contract.ts).
+ */
+import type { Headers, Message } from '../message.js';
+
+export interface Retention {
+  /** Messages kept per topic; 0 disables history. */
+  count: number;
+  /** Bytes of bodies kept per topic; 0 disables history. */
+  bytes: number;
+  /** Milliseconds a message is kept; 0 disables history. */
+  ageMs: number;
+  /** Bytes of bodies kept across all topics, so memory stays bounded however many topics there are. */
+  totalBytes: number;
+}
+
+export interface HistoryResult {
+  /** True when messages after `since` were already trimmed away: the replay is incomplete. */
+  gap: boolean;
+  /** Retained messages with id > since, oldest first. */
+  messages: Message[];
+}
+
+export interface Backend {
+  readonly name: string;
+  /**
+   * Accepts a message: gives it an id, keeps it in history and dispatches it to
+   * the listener of every node. Resolves only once the message is accepted
+   * (for Redis: once Redis has it); rejects with BackendUnavailableError if it
+   * cannot be, so a publisher is never told OK for a message that is lost.
+   */
+  publish(topic: string, headers: Headers, body: Buffer): Promise<Message>;
+  /**
+   * The node's one listener: called once per message per node, in publish order
+   * per topic, for every message published on any node. The memory backend
+   * calls it before publish() resolves.
+   */
+  setListener(listener: (message: Message) => void): void;
+  /**
+   * Retained messages after `since` for an exact topic, or for every topic under
+   * `topic` when it ends in `/`. `since` undefined means everything retained.
+   * `limit` keeps the newest `limit` of them (and sets gap if that cuts any).
+   */
+  history(topic: string, since?: string, limit?: number): Promise<HistoryResult>;
+  /** Topics that have history, with message counts (for the inspector). */
+  historyTopics(): Promise<Array<{ topic: string; messages: number; bytes: number }>>;
+  /** Whether publishes can be accepted right now. */
+  ready(): boolean;
+  /** Called with true/false when readiness changes (Redis up/down). */
+  onReadyChange?(listener: (ready: boolean) => void): void;
+  close(): Promise<void>;
+}
+
+export class BackendUnavailableError extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'BackendUnavailableError';
+  }
+}
+
+export const DEFAULT_RETENTION: Retention = {
+  count: 100,
+  bytes: 8 * 1024 * 1024,
+  ageMs: 24 * 60 * 60 * 1000,
+  totalBytes: 256 * 1024 * 1024,
+};
+
+export function historyEnabled(r: Retention): boolean {
+  return r.count > 0 && r.bytes > 0 && r.ageMs > 0 && r.totalBytes > 0;
+}

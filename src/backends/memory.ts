@@ -1,0 +1,190 @@
+/**
+ * The embedded default: ids from this process, history in this process's memory.
+ *
+ * Every retained message sits in one global list in id order (ids only grow)
+ * and in its topic's list. Age and total-size eviction pop the global head,
+ * which is always the oldest message anywhere; per-topic count and size limits
+ * pop the topic's head and leave a hole in the global list that is skipped
+ * later. So every publish costs O(1) amortised, whatever the number of topics.
+ */
+import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
+import { compareIds, IdGenerator, Message, type Headers } from '../message.js';
+
+interface Entry {
+  message: Message;
+  removed: boolean;
+}
+
+interface TopicHistory {
+  entries: Entry[];
+  head: number;
+  bytes: number;
+  /** Id of the newest message trimmed from this topic, for gap detection. */
+  trimmedUpTo: string | undefined;
+}
+
+// Topics whose history emptied are remembered this long (by count) so a
+// resume on them still learns about the gap; past it the global watermark answers.
+const TOMBSTONES = 100_000;
+
+export class MemoryBackend implements Backend {
+  readonly name = 'memory';
+  #ids = new IdGenerator();
+  #retention: Retention;
+  #enabled: boolean;
+  #listener: (m: Message) => void = () => {};
+  #topics = new Map<string, TopicHistory>();
+  #global: Entry[] = [];
+  #globalHead = 0;
+  #totalBytes = 0;
+  #tombstones = new Map<string, string>();
+  /** Newest id trimmed from a topic whose tombstone was itself forgotten. */
+  #forgottenUpTo: string | undefined;
+  #closed = false;
+  #now: () => number;
+
+  constructor(retention: Retention, now: () => number = Date.now) {
+    this.#retention = retention;
+    this.#enabled = historyEnabled(retention);
+    this.#now = now;
+  }
+
+  setListener(listener: (m: Message) => void): void {
+    this.#listener = listener;
+  }
+
+  ready(): boolean {
+    return !this.#closed;
+  }
+
+  async publish(topic: string, headers: Headers, body: Buffer): Promise<Message> {
+    return this.publishSync(topic, headers, body);
+  }
+
+  /** publish() without the promise, for the hot path. */
+  publishSync(topic: string, headers: Headers, body: Buffer): Message {
+    if (this.#closed) throw new BackendUnavailableError('server is shutting down');
+    const now = this.#now();
+    const message = new Message(this.#ids.next(now), topic, headers, body, now);
+    if (this.#enabled) this.#retain(message, now);
+    this.#listener(message);
+    return message;
+  }
+
+  #retain(message: Message, now: number): void {
+    const entry: Entry = { message, removed: false };
+    let t = this.#topics.get(message.topic);
+    if (!t) {
+      t = { entries: [], head: 0, bytes: 0, trimmedUpTo: this.#tombstones.get(message.topic) };
+      this.#tombstones.delete(message.topic);
+      this.#topics.set(message.topic, t);
+    }
+    t.entries.push(entry);
+    t.bytes += message.body.length;
+    this.#global.push(entry);
+    this.#totalBytes += message.body.length;
+
+    const r = this.#retention;
+    while (t.entries.length - t.head > r.count || (t.bytes > r.bytes && t.entries.length - t.head > 0)) {
+      this.#removeFromTopic(t, t.entries[t.head]);
+    }
+    this.#expire(now);
+  }
+
+  #removeFromTopic(t: TopicHistory, entry: Entry): void {
+    // Only ever called for the topic's head.
+    entry.removed = true;
+    t.head++;
+    t.bytes -= entry.message.body.length;
+    this.#totalBytes -= entry.message.body.length;
+    t.trimmedUpTo = entry.message.id;
+    if (t.head > 1024 && t.head * 2 > t.entries.length) {
+      t.entries = t.entries.slice(t.head);
+      t.head = 0;
+    }
+    if (t.entries.length === t.head) {
+      this.#topics.delete(entry.message.topic);
+      this.#tombstone(entry.message.topic, entry.message.id);
+    }
+  }
+
+  #tombstone(topic: string, id: string): void {
+    if (this.#tombstones.size >= TOMBSTONES) {
+      const [oldTopic, oldId] = this.#tombstones.entries().next().value as [string, string];
+      this.#tombstones.delete(oldTopic);
+      if (!this.#forgottenUpTo || compareIds(oldId, this.#forgottenUpTo) > 0) this.#forgottenUpTo = oldId;
+    }
+    this.#tombstones.set(topic, id);
+  }
+
+  /** Drops what is too old, and the oldest anywhere while over the total size. */
+  #expire(now: number): void {
+    const cutoff = now - this.#retention.ageMs;
+    while (this.#globalHead < this.#global.length) {
+      const entry = this.#global[this.#globalHead];
+      if (!entry.removed) {
+        if (entry.message.time > cutoff && this.#totalBytes <= this.#retention.totalBytes) break;
+        const t = this.#topics.get(entry.message.topic)!;
+        this.#removeFromTopic(t, entry);
+      }
+      this.#globalHead++;
+    }
+    if (this.#globalHead > 1024 && this.#globalHead * 2 > this.#global.length) {
+      this.#global = this.#global.slice(this.#globalHead);
+      this.#globalHead = 0;
+    }
+  }
+
+  async history(topic: string, since?: string, limit?: number): Promise<HistoryResult> {
+    this.#expire(this.#now());
+    const recursive = topic.endsWith('/');
+    let messages: Message[] = [];
+    let gap = false;
+    const trimmedAfter = (upTo: string | undefined) => upTo !== undefined && since !== undefined && compareIds(upTo, since) > 0;
+
+    if (!recursive) {
+      const t = this.#topics.get(topic);
+      if (t) {
+        gap = trimmedAfter(t.trimmedUpTo);
+        messages = after(t.entries, t.head, since);
+      } else {
+        gap = trimmedAfter(this.#tombstones.get(topic));
+      }
+    } else {
+      messages = after(this.#global, this.#globalHead, since).filter((m) => m.topic.startsWith(topic));
+      for (const [name, t] of this.#topics) if (name.startsWith(topic) && trimmedAfter(t.trimmedUpTo)) gap = true;
+      for (const [name, id] of this.#tombstones) if (name.startsWith(topic) && trimmedAfter(id)) gap = true;
+    }
+    if (!gap && trimmedAfter(this.#forgottenUpTo)) gap = true;
+    if (limit !== undefined && messages.length > limit) {
+      messages = messages.slice(messages.length - limit);
+      gap = true;
+    }
+    return { gap, messages };
+  }
+
+  async historyTopics(): Promise<Array<{ topic: string; messages: number; bytes: number }>> {
+    this.#expire(this.#now());
+    return [...this.#topics].map(([topic, t]) => ({ topic, messages: t.entries.length - t.head, bytes: t.bytes }));
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+}
+
+/** Live (not removed) messages of entries[head..] with id > since, by binary search. */
+function after(entries: Entry[], head: number, since: string | undefined): Message[] {
+  let lo = head;
+  if (since !== undefined) {
+    let hi = entries.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (compareIds(entries[mid].message.id, since) <= 0) lo = mid + 1;
+      else hi = mid;
+    }
+  }
+  const out: Message[] = [];
+  for (let i = lo; i < entries.length; i++) if (!entries[i].removed) out.push(entries[i].message);
+  return out;
+}

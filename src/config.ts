@@ -1,0 +1,169 @@
+/**
+ * Server options, validated once. Every error names the option that is wrong,
+ * so an operator can fix a unit file without reading code.
+ */
+import { readFileSync } from 'node:fs';
+import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface Bind {
+  /** undefined: every interface, as Go's `:8080`. */
+  host: string | undefined;
+  port: number;
+}
+
+export interface Config {
+  bind: Bind;
+  /** Current key first, then previous keys still accepted for verification. */
+  keys: string[];
+  tls: { key: Buffer; cert: Buffer } | undefined;
+  /** Largest publish body in bytes. */
+  maxBody: number;
+  /** Bytes a subscriber may have queued before it is disconnected as a slow consumer. */
+  maxSubscriberBuffer: number;
+  logLevel: string;
+  /** How often the stats line is logged. */
+  statsIntervalMs: number;
+  /** How often subscribers are pinged; one missed pong disconnects them. */
+  pingIntervalMs: number;
+  /** Extra request headers (lower-case) kept with each message. */
+  keepHeaders: string[];
+  retention: Retention;
+}
+
+export const DEFAULTS = {
+  bind: ':8080',
+  maxBody: 25 * 1024 * 1024,
+  maxSubscriberBuffer: 8 * 1024 * 1024,
+  logLevel: 'info',
+  statsIntervalMs: 60_000,
+  pingIntervalMs: 30_000,
+} as const;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/** `host:port` or `:port`, as the original's --bind. */
+export function parseBind(value: string, option = '--bind'): Bind {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(value);
+  if (!m) throw new ConfigError(`${option} must be host:port or :port, got ${JSON.stringify(value)}`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new ConfigError(`${option} port must be 0-65535, got ${port}`);
+  const host = m[1] ?? m[2];
+  return { host: host === '' ? undefined : host, port };
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3 };
+
+/** Bytes: `1048576`, `512KiB`, `25MiB`, `1G`. */
+export function parseSize(value: string, option: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? SIZE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new ConfigError(`${option} must be a size such as 1048576, 512KiB or 25MiB, got ${JSON.stringify(value)}`);
+  return Math.floor(Number(m[1]) * unit);
+}
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Milliseconds: `500ms`, `30s`, `5m`, `1h`, `7d`; a bare number is seconds. */
+export function parseDuration(value: string, option: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(value);
+  if (!m) throw new ConfigError(`${option} must be a duration such as 30s, 5m, 1h or 7d, got ${JSON.stringify(value)}`);
+  return Math.round(Number(m[1]) * DURATION_UNITS[m[2] ?? 's']);
+}
+
+export function parseCount(value: string, option: string): number {
+  if (!/^\s*\d+\s*$/.test(value)) throw new ConfigError(`${option} must be a whole number, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+/** Comma-separated list, blanks dropped. */
+export function parseList(value: string | undefined): string[] {
+  return (value ?? '').split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+/** The raw option values commander hands over (strings as typed). */
+export interface ServeOptions {
+  bind?: string;
+  key?: string;
+  sslkey?: string;
+  sslcrt?: string;
+  maxBody?: string;
+  maxSubscriberBuffer?: string;
+  logLevel?: string;
+  statsInterval?: string;
+  pingInterval?: string;
+  keepHeader?: string[];
+  history?: string;
+  historyBytes?: string;
+  historyAge?: string;
+  historyTotalBytes?: string;
+}
+
+/** The key from --key or HOOKBOT_KEY; missing is the error the original gives. */
+export function resolveKeys(key: string | undefined, env: NodeJS.ProcessEnv): string[] {
+  const current = key ?? env.HOOKBOT_KEY;
+  if (!current) throw new ConfigError('HOOKBOT_KEY not set (set the HOOKBOT_KEY environment variable or pass --key)');
+  return [current, ...parseList(env.HOOKBOT_PREVIOUS_KEYS).filter((k) => k !== current)];
+}
+
+export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = process.env): Config {
+  const keys = resolveKeys(opts.key, env);
+
+  if (Boolean(opts.sslkey) !== Boolean(opts.sslcrt)) throw new ConfigError('--sslkey and --sslcrt must be given together');
+  let tls: Config['tls'];
+  if (opts.sslkey && opts.sslcrt) {
+    tls = { key: readFileOption(opts.sslkey, '--sslkey'), cert: readFileOption(opts.sslcrt, '--sslcrt') };
+  }
+
+  const logLevel = opts.logLevel ?? env.HOOKBOT_LOG_LEVEL ?? DEFAULTS.logLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+
+  const maxBody = opts.maxBody ? parseSize(opts.maxBody, '--max-body') : DEFAULTS.maxBody;
+  if (maxBody < 1) throw new ConfigError('--max-body must be at least 1 byte');
+  const maxSubscriberBuffer = opts.maxSubscriberBuffer ? parseSize(opts.maxSubscriberBuffer, '--max-subscriber-buffer') : DEFAULTS.maxSubscriberBuffer;
+  if (maxSubscriberBuffer < 1) throw new ConfigError('--max-subscriber-buffer must be at least 1 byte');
+
+  const pingIntervalMs = opts.pingInterval ? parseDuration(opts.pingInterval, '--ping-interval') : DEFAULTS.pingIntervalMs;
+  if (pingIntervalMs < 10) throw new ConfigError('--ping-interval must be at least 10ms');
+  const statsIntervalMs = opts.statsInterval ? parseDuration(opts.statsInterval, '--stats-interval') : DEFAULTS.statsIntervalMs;
+
+  const keepHeaders = (opts.keepHeader ?? []).flatMap((h) => parseList(h)).map((h) => h.toLowerCase());
+  for (const h of keepHeaders) {
+    if (!/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(h)) throw new ConfigError(`--keep-header ${JSON.stringify(h)} is not a valid header name`);
+    if (h === 'authorization' || h === 'cookie' || h === 'proxy-authorization') throw new ConfigError(`--keep-header ${h} would store credentials with every message; refusing`);
+  }
+
+  const retention = {
+    count: opts.history !== undefined ? parseCount(opts.history, '--history') : DEFAULT_RETENTION.count,
+    bytes: opts.historyBytes !== undefined ? parseSize(opts.historyBytes, '--history-bytes') : DEFAULT_RETENTION.bytes,
+    ageMs: opts.historyAge !== undefined ? parseDuration(opts.historyAge, '--history-age') : DEFAULT_RETENTION.ageMs,
+    totalBytes: opts.historyTotalBytes !== undefined ? parseSize(opts.historyTotalBytes, '--history-total-bytes') : DEFAULT_RETENTION.totalBytes,
+  };
+
+  return {
+    bind: parseBind(opts.bind ?? env.HOOKBOT_BIND ?? DEFAULTS.bind),
+    keys,
+    tls,
+    maxBody,
+    maxSubscriberBuffer,
+    logLevel,
+    statsIntervalMs,
+    pingIntervalMs,
+    keepHeaders,
+    retention,
+  };
+}
+
+function readFileOption(path: string, option: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(`${option} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * HTTP endpoints. Publishing and `/status` are the hot paths and are handled
+ * on node's request/response directly; the operational endpoints go through
+ * express. This is the only module that imports express.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import express from 'express';
+import { BackendUnavailableError } from './backends/backend.js';
+import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from './context.js';
+import { ENVELOPES } from './envelopes.js';
+import type { SseTransport } from './sse.js';
+import { parseEndpoint, PathError, type Endpoint } from './topics.js';
+
+const TEXT = 'text/plain; charset=utf-8';
+const OK = Buffer.from('OK\n');
+
+function reply(res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}): void {
+  if (res.headersSent) return void res.destroy();
+  const payload = body.endsWith('\n') ? body : body + '\n';
+  res.writeHead(status, { 'content-type': TEXT, 'content-length': Buffer.byteLength(payload), ...headers });
+  res.end(payload);
+}
+
+function unauthorized(res: ServerResponse): void {
+  reply(res, 401, '401 Unauthorized', { 'www-authenticate': 'Basic realm="hookbot"' });
+}
+
+/** Paths the operational express app answers; everything else is a topic. */
+const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
+function isOpsPath(path: string): boolean {
+  return OPS_PATHS.has(path) || path === '/_' || path.startsWith('/_/');
+}
+
+export interface HttpHandler {
+  (req: IncomingMessage, res: ServerResponse): void;
+  /** The express app behind the operational endpoints, for modules that add routes. */
+  readonly app: express.Express;
+}
+
+export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler {
+  const app = createOpsApp(ctx);
+
+  const handler = (req: IncomingMessage, res: ServerResponse): void => {
+    const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const path = q === -1 ? url : url.slice(0, q);
+    if (path === '/status') return reply(res, 200, 'OK');
+    if (isOpsPath(path)) return void app(req as express.Request, res as express.Response);
+
+    let endpoint: Endpoint;
+    try {
+      endpoint = parseEndpoint(path);
+    } catch (err) {
+      return reply(res, 400, `400 Bad Request: ${err instanceof PathError ? err.message : 'bad path'}`);
+    }
+    const query = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+    const method = req.method ?? 'GET';
+
+    if (endpoint.action === 'pub' || (endpoint.action === 'any' && method === 'POST')) {
+      if (method !== 'POST') return reply(res, 405, '405 Method Not Allowed: publish with POST', { allow: 'POST' });
+      return publish(ctx, req, res, endpoint, query);
+    }
+    if (endpoint.action === 'sub' || (endpoint.action === 'any' && (method === 'GET' || method === 'HEAD'))) {
+      if (method !== 'GET') return reply(res, 405, '405 Method Not Allowed: subscribe with GET', { allow: 'GET' });
+      if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) return reply(res, 400, UNSAFE_HEADER_ERROR);
+      if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return unauthorized(res);
+      if ((req.headers.accept ?? '').includes('text/event-stream')) return sse.handle(req, res, endpoint, query);
+      return reply(res, 400, '400 Bad Request: subscribe with a WebSocket upgrade, or with Accept: text/event-stream for Server-Sent Events');
+    }
+    return reply(res, 501, '501 Not Implemented: POST publishes, GET subscribes');
+  };
+  return Object.assign(handler, { app });
+}
+
+function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, query: URLSearchParams): void {
+  if (ctx.shuttingDown) return reply(res, 503, '503 Service Unavailable: server is shutting down', { connection: 'close' });
+  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return unauthorized(res);
+
+  const metadata = query.get('extra-metadata');
+  const envelope = metadata === null ? undefined : ENVELOPES[metadata];
+  if (metadata !== null && !envelope) {
+    return reply(res, 400, `400 Bad Request (bad ?extra-metadata=): supported values are ${Object.keys(ENVELOPES).join(', ')}`);
+  }
+
+  const max = ctx.config.maxBody;
+  const tooLarge = () => {
+    // Answer, then stop reading: the rest of the body is never buffered.
+    reply(res, 413, `413 Payload Too Large: body exceeds --max-body of ${max} bytes`, { connection: 'close' });
+    req.unpipe();
+    req.resume();
+    res.on('finish', () => req.destroy());
+  };
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) return tooLarge();
+
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let failed = false;
+  req.on('data', (chunk: Buffer) => {
+    if (failed) return;
+    size += chunk.length;
+    if (size > max) {
+      failed = true;
+      chunks.length = 0;
+      return tooLarge();
+    }
+    chunks.push(chunk);
+  });
+  req.on('error', () => {
+    failed = true;
+  });
+  req.on('end', () => {
+    if (failed) return;
+    const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+    const headers = keptHeaders(req.headers, ctx.config.keepHeaders);
+    const body = envelope ? envelope(headers, raw) : raw;
+    ctx.broker.publish(endpoint.topic, headers, body).then(
+      (message) => {
+        res.writeHead(200, { 'content-type': TEXT, 'content-length': OK.length, 'x-hookbot-message-id': message.id });
+        res.end(OK);
+      },
+      (err: Error) => {
+        if (err instanceof BackendUnavailableError) return reply(res, 503, `503 Service Unavailable: ${err.message}`, { 'retry-after': '1' });
+        ctx.log.error({ topic: endpoint.topic, err: err.message }, 'publish failed');
+        reply(res, 500, '500 Internal Server Error: publish failed');
+      },
+    );
+  });
+}
+
+function createOpsApp(ctx: Context): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.get('/healthz', (_req, res) => {
+    res.type('text/plain').send('OK\n');
+  });
+  app.get('/readyz', (_req, res) => {
+    const ready = !ctx.shuttingDown && ctx.broker.backend.ready();
+    res.status(ready ? 200 : 503).type('text/plain').send(ready ? 'OK\n' : '503 Service Unavailable: not ready\n');
+  });
+  return app;
+}
+
+/** Ends the express app's chain: unknown operational paths and errors get plain answers. */
+export function finishOpsApp(app: express.Express, ctx: Context): void {
+  app.use((_req, res) => {
+    res.status(404).type('text/plain').send('404 Not Found\n');
+  });
+  app.use((err: Error & { status?: number; statusCode?: number }, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    const status = err.status ?? err.statusCode ?? 500;
+    if (status >= 500) ctx.log.error({ err: err.message }, 'request failed');
+    res.status(status).type('text/plain').send(status >= 500 ? '500 Internal Server Error\n' : `${status} ${err.message}\n`);
+  });
+}

@@ -1,0 +1,122 @@
+/**
+ * Puts the pieces together: backend → broker → transports → one HTTP(S)
+ * server, plus the stats line and graceful shutdown.
+ */
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Backend } from './backends/backend.js';
+import { MemoryBackend } from './backends/memory.js';
+import { Broker } from './broker.js';
+import type { Config } from './config.js';
+import type { Context } from './context.js';
+import { createHttpHandler, finishOpsApp, type HttpHandler } from './http.js';
+import { createLogger, type Logger } from './log.js';
+import { SseTransport } from './sse.js';
+import { TokenVerifier } from './tokens.js';
+import { WebSocketTransport } from './ws.js';
+
+export interface HookbotServer {
+  readonly port: number;
+  /** http(s)://127.0.0.1:port (or the bound host). */
+  readonly url: string;
+  readonly broker: Broker;
+  readonly config: Config;
+  readonly ws: WebSocketTransport;
+  readonly sse: SseTransport;
+  readonly http: HttpHandler;
+  readonly log: Logger;
+  /** Stops accepting, closes subscribers with 1001, closes the backend. */
+  close(): Promise<void>;
+}
+
+/** How long shutdown waits for subscribers to take their close frames. */
+const CLOSE_GRACE_MS = 2000;
+
+export function createBackend(config: Config): Backend {
+  return new MemoryBackend(config.retention);
+}
+
+export async function startServer(config: Config, log: Logger = createLogger(config.logLevel), backend: Backend = createBackend(config)): Promise<HookbotServer> {
+  const broker = new Broker(backend, log);
+  const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, shuttingDown: false };
+  const ws = new WebSocketTransport(ctx);
+  const sse = new SseTransport(ctx);
+  const http = createHttpHandler(ctx, sse);
+  finishOpsApp(http.app, ctx);
+
+  const server: Server = config.tls ? createHttpsServer({ key: config.tls.key, cert: config.tls.cert }, http) : createHttpServer(http);
+  server.on('upgrade', (req, socket, head) => ws.handleUpgrade(req, socket, head));
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable) return void socket.destroy();
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n${status}: malformed HTTP request\n`);
+  });
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.bind.port, config.bind.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const shownHost = config.bind.host ?? '';
+  log.info({ port: address.port, tls: Boolean(config.tls), backend: backend.name }, `Listening on ${shownHost}:${address.port}`);
+
+  let last = { ...broker.stats };
+  const statsTimer = setInterval(() => {
+    const now = { ...broker.stats };
+    log.info(
+      {
+        subscribers: ws.connected + sse.connected,
+        subscriptions: broker.subscriptions,
+        publishes: now.publishes - last.publishes,
+        deliveries: now.deliveries - last.deliveries,
+        drops: now.drops - last.drops,
+        slowDisconnects: now.slowDisconnects - last.slowDisconnects,
+        totals: now,
+      },
+      'stats',
+    );
+    last = now;
+  }, config.statsIntervalMs);
+  statsTimer.unref();
+
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      ctx.shuttingDown = true;
+      clearInterval(statsTimer);
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      ws.close();
+      sse.close();
+      // Subscribers that don't take their close frame in time are cut off.
+      const deadline = setTimeout(() => {
+        ws.terminateAll();
+        for (const s of sockets) s.destroy();
+      }, CLOSE_GRACE_MS);
+      await stopped;
+      clearTimeout(deadline);
+      await broker.close();
+    })());
+
+  const host = shownHost === '' || shownHost === '0.0.0.0' || shownHost === '::' ? '127.0.0.1' : shownHost.includes(':') ? `[${shownHost}]` : shownHost;
+  return {
+    port: address.port,
+    url: `${config.tls ? 'https' : 'http'}://${host}:${address.port}`,
+    broker,
+    config,
+    ws,
+    sse,
+    http,
+    log,
+    close,
+  };
+}

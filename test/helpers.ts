@@ -1,0 +1,211 @@
+/**
+ * Shared test plumbing: real servers on port 0, real ws clients, and waits
+ * that end on events or a timeout, never on a fixed sleep.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import { WebSocket, type ClientOptions, type RawData } from 'ws';
+import { resolveServeConfig, type Config, type ServeOptions } from '../src/config.js';
+import { createLogger } from '../src/log.js';
+import { startServer, type HookbotServer } from '../src/server.js';
+import { makeToken } from '../src/tokens.js';
+
+export const KEY = 'test-key';
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const BIN = fileURLToPath(new URL('../bin/hookbot.js', import.meta.url));
+
+export function token(path: string, key = KEY): string {
+  return makeToken(key, path);
+}
+
+export function bearer(path: string, key = KEY): Record<string, string> {
+  return { authorization: `Bearer ${token(path, key)}` };
+}
+
+export async function startTestServer(options: ServeOptions = {}, overrides: Partial<Config> = {}): Promise<HookbotServer> {
+  const config = { ...resolveServeConfig({ bind: '127.0.0.1:0', key: KEY, ...options }, {}), ...overrides };
+  return startServer(config, createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'));
+}
+
+export function wsUrl(server: HookbotServer, path: string): string {
+  return server.url.replace(/^http/, 'ws') + path;
+}
+
+/** Opens a WebSocket and resolves once it is open; rejects with the HTTP status on a refused handshake. */
+export function wsConnect(url: string, options: ClientOptions & { protocol?: string } = {}): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const { protocol, ...rest } = options;
+    const ws = new WebSocket(url, protocol ? [protocol] : [], rest);
+    const timer = setTimeout(() => reject(new Error(`timeout connecting to ${url}`)), 5000);
+    ws.once('open', () => {
+      clearTimeout(timer);
+      resolve(ws);
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      clearTimeout(timer);
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => reject(Object.assign(new Error(`HTTP ${res.statusCode}: ${body}`), { status: res.statusCode, body, headers: res.headers })));
+    });
+    ws.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+export function subscribe(server: HookbotServer, path: string, options: ClientOptions & { protocol?: string } = {}): Promise<WebSocket> {
+  const clean = path.split('?')[0];
+  return wsConnect(wsUrl(server, path), { headers: bearer(clean), ...options });
+}
+
+/** Collects messages from a socket so tests can wait for the n-th one. */
+export class Inbox {
+  readonly messages: Array<{ data: Buffer; binary: boolean }> = [];
+  #waiters: Array<() => void> = [];
+  closed: { code: number; reason: string } | undefined;
+
+  constructor(ws: WebSocket) {
+    ws.on('message', (data: RawData, binary: boolean) => {
+      this.messages.push({ data: Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer), binary });
+      this.#wake();
+    });
+    ws.on('close', (code, reason) => {
+      this.closed = { code, reason: reason.toString() };
+      this.#wake();
+    });
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  /** Resolves when at least n messages arrived. */
+  async waitFor(n: number, timeoutMs = 5000): Promise<Array<{ data: Buffer; binary: boolean }>> {
+    await this.until(() => this.messages.length >= n, timeoutMs, `${n} messages (have ${this.messages.length})`);
+    return this.messages.slice(0, n);
+  }
+
+  async waitClose(timeoutMs = 5000): Promise<{ code: number; reason: string }> {
+    await this.until(() => this.closed !== undefined, timeoutMs, 'close');
+    return this.closed!;
+  }
+
+  until(predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    if (predicate()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
+      const check = () => {
+        if (predicate()) {
+          clearTimeout(timer);
+          resolve();
+        } else {
+          this.#waiters.push(check);
+        }
+      };
+      this.#waiters.push(check);
+    });
+  }
+
+  texts(): string[] {
+    return this.messages.map((m) => m.data.toString());
+  }
+}
+
+export async function publish(server: HookbotServer, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<Response> {
+  const clean = path.split('?')[0];
+  return fetch(server.url + path, { method: 'POST', body, headers: { ...bearer(clean), ...headers } });
+}
+
+/** Polls a condition (for state that has no event) until true or timeout. */
+export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const port = (srv.address() as { port: number }).port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+export interface Proc {
+  child: ChildProcess;
+  stdout: () => string;
+  stderr: () => string;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves with the first stdout/stderr line matching. */
+  waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
+}
+
+/** Runs the real CLI (dist must be built) as a child process. */
+export function runCli(args: string[], env: Record<string, string | undefined> = {}, input?: string): Proc {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    cwd: ROOT,
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, HOOKBOT_LOG_JSON: '1', ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  const listeners = new Set<() => void>();
+  child.stdout!.on('data', (c: Buffer) => {
+    out += c;
+    for (const l of listeners) l();
+  });
+  child.stderr!.on('data', (c: Buffer) => {
+    err += c;
+    for (const l of listeners) l();
+  });
+  if (input !== undefined) child.stdin!.end(input);
+  else child.stdin!.end();
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => {
+      for (const l of listeners) l();
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exit,
+    waitForLine(re, timeoutMs = 10_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          listeners.delete(check);
+          reject(new Error(`timed out waiting for ${re} in output:\n${out}\n${err}`));
+        }, timeoutMs);
+        const check = () => {
+          const line = (out + '\n' + err).split('\n').find((l) => re.test(l));
+          if (line !== undefined) {
+            clearTimeout(timer);
+            listeners.delete(check);
+            resolve(line);
+          } else if (child.exitCode !== null) {
+            clearTimeout(timer);
+            listeners.delete(check);
+            reject(new Error(`process exited (${child.exitCode}) before ${re}:\n${out}\n${err}`));
+          }
+        };
+        listeners.add(check);
+        check();
+      });
+    },
+  };
+}
+
+/** Starts `hookbot serve` as a child process on a free port; resolves once it listens. */
+export async function startServeProcess(args: string[] = [], env: Record<string, string | undefined> = {}): Promise<Proc & { port: number; url: string }> {
+  const port = await freePort();
+  const proc = runCli(['serve', '--bind', `127.0.0.1:${port}`, ...args], { HOOKBOT_KEY: KEY, ...env });
+  await proc.waitForLine(/Listening on/);
+  return Object.assign(proc, { port, url: `http://127.0.0.1:${port}` });
+}

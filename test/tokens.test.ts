@@ -1,0 +1,56 @@
+import { describe, expect, it } from 'vitest';
+import { makeToken, presentedToken, subpaths, TokenVerifier } from '../src/tokens.js';
+
+describe('tokens', () => {
+  it('are hex HMAC-SHA1 of the path, as the protocol page examples', () => {
+    expect(makeToken('foo', '/pub/foo/bar')).toBe('2e1150434ba1d8c33bce7c82ee08b5d9850342c7');
+    expect(makeToken('foo', '/sub/foo/')).toBe('025d52405676646b775882c3b6338bd9db0ae59c');
+    expect(makeToken('foo', '/foo/bar')).toBe('bc91d311e5ac5208a5142bd1016b8c862a2644a8');
+  });
+
+  it('subpaths are every /-ending prefix and the path itself', () => {
+    expect(subpaths('/pub/foo/bar')).toEqual(['/', '/pub/', '/pub/foo/', '/pub/foo/bar']);
+    expect(subpaths('/pub/foo/')).toEqual(['/', '/pub/', '/pub/foo/']);
+  });
+
+  it('reads Basic (token as user name, password ignored) and Bearer, nothing else', () => {
+    const t = 'a'.repeat(40);
+    expect(presentedToken(`Basic ${Buffer.from(`${t}:`).toString('base64')}`)).toBe(t);
+    expect(presentedToken(`basic ${Buffer.from(`${t}:whatever`).toString('base64')}`)).toBe(t);
+    expect(presentedToken(`Bearer ${t}`)).toBe(t);
+    expect(presentedToken(`Token ${t}`)).toBeUndefined();
+    expect(presentedToken(`Bearer`)).toBeUndefined();
+    expect(presentedToken(`Bearer a b`)).toBeUndefined();
+    expect(presentedToken(`Basic !!!notbase64`)).toBeUndefined();
+    expect(presentedToken(`Basic ${Buffer.from('nocolon').toString('base64')}`)).toBeUndefined();
+    expect(presentedToken(undefined)).toBeUndefined();
+  });
+
+  it('scopes: prefix tokens cover deeper paths, exact tokens only themselves', () => {
+    const v = new TokenVerifier(['k']);
+    const t = (p: string) => makeToken('k', p);
+    expect(v.verify('/pub/foo/bar', t('/pub/foo/'))).toBe(true);
+    expect(v.verify('/pub/foo/bar/baz', t('/pub/foo/'))).toBe(true);
+    expect(v.verify('/pub/foobar', t('/pub/foo/'))).toBe(false);
+    expect(v.verify('/pub/foo', t('/pub/foo'))).toBe(true);
+    expect(v.verify('/pub/foo/bar', t('/pub/foo'))).toBe(false);
+    expect(v.verify('/sub/anything/at/all', t('/'))).toBe(true);
+    expect(v.verify('/pub/x', t('/pub/'))).toBe(true);
+    expect(v.verify('/sub/x', t('/pub/'))).toBe(false);
+    // /pub- and /sub-less tokens work for both sides.
+    expect(v.verify('/pub/foo/bar', t('/foo/bar'))).toBe(true);
+    expect(v.verify('/sub/foo/bar', t('/foo/bar'))).toBe(true);
+    expect(v.verify('/sub/foo/bar', t('/foo/'))).toBe(true);
+    expect(v.verify('/pub/foo/bar', t('/foo'))).toBe(false);
+  });
+
+  it('rejects malformed tokens and accepts previous keys', () => {
+    const v = new TokenVerifier(['new', 'old']);
+    expect(v.verify('/pub/x', makeToken('old', '/pub/x'))).toBe(true);
+    expect(v.verify('/pub/x', makeToken('other', '/pub/x'))).toBe(false);
+    expect(v.verify('/pub/x', makeToken('new', '/pub/x').toUpperCase())).toBe(false);
+    expect(v.verify('/pub/x', 'zz')).toBe(false);
+    expect(v.verify('/pub/x', undefined)).toBe(false);
+    expect(v.token('/pub/x')).toBe(makeToken('new', '/pub/x'));
+  });
+});
