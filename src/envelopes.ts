@@ -4,9 +4,11 @@
  * `json.Marshal(map[string]interface{}{...})`: keys sorted, `<>&` escaped,
  * payload as standard base64.
  */
-import type { Headers } from './message.js';
+import { githubEnvelope } from './routers/github.js';
+import { gitlabEnvelope } from './routers/gitlab.js';
 
-export type EnvelopeBuilder = (headers: Headers, body: Buffer) => Buffer;
+/** Gets the request's own headers: gitlab's Delivery is Idempotency-Key, which is not a kept header. */
+export type EnvelopeBuilder = (headers: Readonly<Record<string, string | string[] | undefined>>, body: Buffer) => Buffer;
 
 /** JSON string literal escaped as Go's encoding/json does by default. */
 export function goJsonString(value: string): string {
@@ -24,15 +26,10 @@ export function goJsonObject(fields: Record<string, string>): Buffer {
   return Buffer.from('{' + keys.map((k) => `${goJsonString(k)}:${goJsonString(fields[k])}`).join(',') + '}');
 }
 
-export function githubEnvelope(headers: Headers, body: Buffer): Buffer {
-  return goJsonObject({
-    Signature: headers['x-hub-signature'] ?? '',
-    Event: headers['x-github-event'] ?? '',
-    Delivery: headers['x-github-delivery'] ?? '',
-    Payload: body.toString('base64'),
-  });
-}
+// The routers own their envelope formats (and read them back).
+export { githubEnvelope, gitlabEnvelope };
 
 export const ENVELOPES: Record<string, EnvelopeBuilder> = {
   github: githubEnvelope,
+  gitlab: gitlabEnvelope,
 };

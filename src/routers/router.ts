@@ -1,0 +1,267 @@
+/**
+ * What the server and an in-server router need from each other.
+ *
+ * A router subscribes (via the server) to one recursive feed topic such as
+ * `/unsafe/github.com/`, checks each message's provenance, and re-publishes
+ * what it verified onto safe (token-protected) topics. Routers never throw
+ * for bad input: anything reaching an `/unsafe/` feed is attacker-controlled.
+ */
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { Headers, Message } from '../message.js';
+
+export type RouterEvent = 'verified' | 'failed' | 'duplicate' | 'published';
+
+/** The pino methods routers use; a pino Logger satisfies this. */
+export interface RouterLog {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface RouterHost {
+  /** Publish onto a (safe) topic; the server passes broker.publish. */
+  publish(topic: string, headers: Headers, body: Buffer): Promise<unknown>;
+  log: RouterLog;
+  /** Metrics hook: one call per delivery (or, for 'published', per message published). */
+  count(event: RouterEvent, router: string): void;
+}
+
+export interface Router {
+  readonly name: string;
+  /** The recursive feed topic the server subscribes this router to, e.g. `/unsafe/github.com/`. */
+  readonly topic: string;
+  /**
+   * Handles one feed message. Resolves when done (including its publishes);
+   * never rejects. Calls are processed one at a time in call order even if
+   * the caller does not await, so dedupe and output order stay deterministic.
+   */
+  handle(message: Message): Promise<void>;
+  /** Resolves once every message handed to handle() so far is done (for shutdown). */
+  idle(): Promise<void>;
+}
+
+/**
+ * Remembers delivery ids so a redelivery is re-published once. Pluggable so a
+ * cluster can share it (e.g. Redis `SET key 1 NX PX window`); the default is
+ * the in-process RecentIds.
+ */
+export interface SeenStore {
+  /** True if `key` was already claimed within the window; otherwise claims it and returns false. */
+  claim(key: string): boolean | Promise<boolean>;
+  /** Forgets a claim, so a delivery whose publish failed can be retried. */
+  release(key: string): void | Promise<void>;
+}
+
+/** Constant-time string equality; does not leak the length of `expected` either. */
+export function safeEqual(presented: string, expected: string): boolean {
+  // Hashing first gives equal-length inputs for timingSafeEqual whatever was presented.
+  const a = createHash('sha256').update(presented).digest();
+  const b = createHash('sha256').update(expected).digest();
+  return timingSafeEqual(a, b);
+}
+
+/** Constant-time check of `presented` against every configured value (no early exit on match). */
+export function matchesAny(presented: string, expected: readonly string[]): boolean {
+  let ok = false;
+  for (const e of expected) ok = safeEqual(presented, e) || ok;
+  return ok;
+}
+
+/**
+ * JSON the way Go's encoding/json writes a map[string]string or
+ * map[string]interface{}: keys sorted, and `<`, `>`, `&`, U+2028, U+2029
+ * escaped. The original hookbot's messages are byte-for-byte what existing
+ * consumers have seen, so ours match.
+ */
+export function goJSON(fields: Record<string, string>): Buffer {
+  const keys = Object.keys(fields).sort();
+  const parts = keys.map((k) => `${goString(k)}:${goString(fields[k])}`);
+  return Buffer.from(`{${parts.join(',')}}`, 'utf8');
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+function goString(s: string): string {
+  // Go replaces invalid UTF-16 (lone surrogates) with U+FFFD.
+  return JSON.stringify(s.replace(LONE_SURROGATE, '\uFFFD'))
+    .replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/**
+ * Standard base64 as Go's encoding/json decodes a []byte (CR/LF ignored),
+ * or undefined if it is not valid base64. Node's decoder silently skips
+ * garbage, which would make bad input look like an empty payload.
+ */
+export function decodeBase64(s: string): Buffer | undefined {
+  const clean = s.includes('\r') || s.includes('\n') ? s.replace(/[\r\n]/g, '') : s;
+  if (clean.length % 4 !== 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(clean)) return undefined;
+  return Buffer.from(clean, 'base64');
+}
+
+/**
+ * A topic segment derived from a (verified) payload: non-empty, no control
+ * characters (NUL would break `topic NUL body` framing) and no `.`/`..` or
+ * empty path segments, so a name can't climb into another repository's channel.
+ */
+export function isSafeTopicPart(s: string, allowSlash: boolean): boolean {
+  if (s.length === 0 || s.length > 1024) return false;
+  if (/[\u0000-\u001f\u007f]/.test(s)) return false;
+  if (!allowSlash && s.includes('/')) return false;
+  return s.split('/').every((seg) => seg !== '' && seg !== '.' && seg !== '..');
+}
+
+/**
+ * Runs async jobs strictly one after another, in submission order, with at
+ * most `max` waiting: an unsafe feed can be flooded, and a router must not
+ * turn that into unbounded memory.
+ */
+export class SerialQueue {
+  readonly max: number;
+  #tail: Promise<void> = Promise.resolve();
+  #pending = 0;
+
+  constructor(max = DEFAULT_MAX_PENDING) {
+    this.max = max;
+  }
+
+  get pending(): number {
+    return this.#pending;
+  }
+
+  /** Resolves when `job` is done; undefined (job not run) when the queue is full. */
+  run(job: () => Promise<void>): Promise<void> | undefined {
+    if (this.#pending >= this.max) return undefined;
+    this.#pending++;
+    const done = () => {
+      this.#pending--;
+    };
+    // Jobs catch their own errors; the catch keeps a stray rejection from wedging the chain.
+    this.#tail = this.#tail.then(job).catch(() => undefined).finally(done);
+    return this.#tail;
+  }
+
+  /** Resolves once everything queued so far has run. */
+  idle(): Promise<void> {
+    return this.#tail;
+  }
+}
+
+export const DEFAULT_MAX_PENDING = 10_000;
+
+/** One re-publish a router wants to make. */
+export interface Output {
+  topic: string;
+  headers: Headers;
+  body: Buffer;
+}
+
+/**
+ * Publishes `outputs` in order. Returns false (after logging) on the first
+ * failure so the caller can release its dedupe claims: a delivery that was
+ * not fully re-published must stay eligible for GitHub's/GitLab's retry.
+ */
+export async function publishAll(
+  host: RouterHost,
+  router: string,
+  context: object,
+  outputs: readonly Output[],
+): Promise<boolean> {
+  for (const out of outputs) {
+    try {
+      await host.publish(out.topic, out.headers, out.body);
+    } catch (err) {
+      host.log.error({ ...context, router, to: out.topic, err: errorText(err) }, 'router publish failed');
+      return false;
+    }
+    host.count('published', router);
+    host.log.debug({ ...context, router, to: out.topic }, 'router published');
+  }
+  return true;
+}
+
+/**
+ * Claims every key; true if any was already claimed (a duplicate). All keys
+ * are claimed even when an early one is a duplicate, so a replay under a
+ * fresh id also marks that id.
+ */
+export async function claimAny(store: SeenStore, keys: readonly string[]): Promise<boolean> {
+  let duplicate = false;
+  for (const key of keys) if (await store.claim(key)) duplicate = true;
+  return duplicate;
+}
+
+export async function releaseAll(store: SeenStore, keys: readonly string[]): Promise<void> {
+  for (const key of keys) await store.release(key);
+}
+
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** A header value as Go's Header.Get gives it: the first value, or ''. */
+export function headerValue(headers: Readonly<Record<string, string | string[] | undefined>>, name: string): string {
+  const v = headers[name];
+  return (Array.isArray(v) ? v[0] : v) ?? '';
+}
+
+/** `obj[key]` if it is a string, else undefined; for walking untrusted JSON. */
+export function stringField(obj: unknown, key: string): string | undefined {
+  if (obj === null || typeof obj !== 'object') return undefined;
+  const v = (obj as Record<string, unknown>)[key];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function objectField(obj: unknown, key: string): Record<string, unknown> | undefined {
+  if (obj === null || typeof obj !== 'object') return undefined;
+  const v = (obj as Record<string, unknown>)[key];
+  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+}
+
+export function parseJSON(buf: Buffer): { ok: true; value: unknown } | { ok: false } {
+  try {
+    return { ok: true, value: JSON.parse(buf.toString('utf8')) };
+  } catch {
+    return { ok: false };
+  }
+}
+
+/** Short, log-safe rendering of an untrusted string (repo names, ids in log lines). */
+export function logSafe(s: string | undefined): string | undefined {
+  if (s === undefined) return undefined;
+  return s.length > 200 ? `${s.slice(0, 200)}…` : s;
+}
+
+/**
+ * The handle()/idle() pair of a router around its `route` function: one
+ * message at a time, in order; a full queue or an unexpected error drops the
+ * message with a log line instead of stopping the feed.
+ */
+export function serialHandler(
+  name: string,
+  host: RouterHost,
+  route: (message: Message) => Promise<void>,
+  maxPending = DEFAULT_MAX_PENDING,
+): Pick<Router, 'handle' | 'idle'> {
+  const queue = new SerialQueue(maxPending);
+  return {
+    handle(message: Message): Promise<void> {
+      const done = queue.run(async () => {
+        try {
+          await route(message);
+        } catch (err) {
+          // Only a failing SeenStore can get here.
+          host.log.error({ router: name, messageId: message.id, err: errorText(err) }, `${name} router failed on a message`);
+        }
+      });
+      if (done !== undefined) return done;
+      host.count('failed', name);
+      host.log.warn(
+        { router: name, feed: message.topic, messageId: message.id, reason: `more than ${queue.max} messages waiting` },
+        `${name} delivery dropped`,
+      );
+      return Promise.resolve();
+    },
+    idle: () => queue.idle(),
+  };
+}
