@@ -1,0 +1,267 @@
+/**
+ * The behaviour every Backend must have, run against each implementation
+ * (test/backend-memory.test.ts, test/backend-redis.test.ts).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { BackendUnavailableError, DEFAULT_RETENTION, type Backend, type Retention } from '../../src/backends/backend.js';
+import { compareIds, isMessageId, type Message } from '../../src/message.js';
+
+export interface MadeBackend {
+  backend: Backend;
+  cleanup(): Promise<void>;
+}
+
+/** Builds a fresh, ready backend with the given retention (and an empty history). */
+export type MakeBackend = (retention: Retention) => Promise<MadeBackend>;
+
+/** Polls `check` until it returns a truthy value; fails after timeoutMs. */
+export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5000, what = 'condition'): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+const notUtf8 = Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28, 0x80, 0x0a, 0x00]);
+
+export function backendContract(name: string, make: MakeBackend): void {
+  describe(`Backend contract: ${name}`, () => {
+    const made: MadeBackend[] = [];
+    afterEach(async () => {
+      for (const m of made.splice(0)) await m.cleanup();
+    });
+
+    async function open(retention: Partial<Retention> = {}): Promise<{ backend: Backend; received: Message[] }> {
+      const m = await make({ ...DEFAULT_RETENTION, ...retention });
+      made.push(m);
+      const received: Message[] = [];
+      m.backend.setListener((msg) => received.push(msg));
+      expect(m.backend.ready()).toBe(true);
+      return { backend: m.backend, received };
+    }
+
+    it('gives unique, strictly increasing ids across topics', async () => {
+      const { backend } = await open();
+      const ids: string[] = [];
+      for (let i = 0; i < 200; i++) ids.push((await backend.publish(`t${i % 7}`, {}, Buffer.from(String(i)))).id);
+      for (const id of ids) expect(isMessageId(id)).toBe(true);
+      for (let i = 1; i < ids.length; i++) expect(compareIds(ids[i - 1], ids[i])).toBe(-1);
+      expect(new Set(ids).size).toBe(ids.length);
+    });
+
+    it('calls the listener once per message with the same id, topic, headers and bytes', async () => {
+      const { backend, received } = await open();
+      const headers = { 'content-type': 'application/octet-stream', 'x-github-event': 'push', 'x-custom': 'ünïcode ✓' };
+      const published = [
+        await backend.publish('a/b', headers, allBytes),
+        await backend.publish('/unsafe/a/b', {}, notUtf8),
+        await backend.publish('weird {x} *?[] topic/ü', { 'user-agent': 'x' }, Buffer.from('text\n')),
+        await backend.publish('empty', {}, Buffer.alloc(0)),
+      ];
+      await waitFor(() => received.length >= published.length, 5000, 'listener calls');
+      await new Promise((r) => setImmediate(r));
+      expect(received.length).toBe(published.length);
+      received.forEach((m, i) => {
+        const p = published[i];
+        expect(m.id).toBe(p.id);
+        expect(m.topic).toBe(p.topic);
+        expect(m.headers).toEqual(p.headers);
+        expect(Buffer.compare(m.body, p.body)).toBe(0);
+        expect(m.time).toBe(p.time);
+      });
+      expect(published[0].headers).toEqual(headers);
+      expect(Buffer.compare(received[0].body, allBytes)).toBe(0);
+      expect(Buffer.compare(received[1].body, notUtf8)).toBe(0);
+    });
+
+    it('delivers concurrent publishes in id order, per topic and overall', async () => {
+      const { backend, received } = await open();
+      const published = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => backend.publish(i % 2 ? 'odd' : 'even', {}, Buffer.from(String(i)))),
+      );
+      await waitFor(() => received.length >= 100, 5000, '100 deliveries');
+      for (let i = 1; i < received.length; i++) expect(compareIds(received[i - 1].id, received[i].id)).toBe(-1);
+      expect(received.map((m) => m.id).sort(compareIds)).toEqual(published.map((m) => m.id).sort(compareIds));
+      for (const topic of ['odd', 'even']) {
+        // Publishes to one topic were issued in this order, so they must arrive in it.
+        const sent = published.filter((m) => m.topic === topic).map((m) => m.body.toString());
+        const got = received.filter((m) => m.topic === topic).map((m) => m.body.toString());
+        expect(got).toEqual(sent);
+      }
+    });
+
+    it('returns exact-topic history with since and limit', async () => {
+      const { backend } = await open();
+      const x: Message[] = [];
+      for (let i = 0; i < 5; i++) {
+        x.push(await backend.publish('h/x', { n: String(i) }, Buffer.from(`x${i}`)));
+        await backend.publish('h/y', {}, Buffer.from(`y${i}`));
+        await backend.publish('h/x/deeper', {}, Buffer.from(`d${i}`));
+      }
+      const all = await backend.history('h/x');
+      expect(all.gap).toBe(false);
+      expect(all.messages.map((m) => m.id)).toEqual(x.map((m) => m.id));
+      expect(all.messages.map((m) => m.body.toString())).toEqual(['x0', 'x1', 'x2', 'x3', 'x4']);
+      expect(all.messages[3].headers).toEqual({ n: '3' });
+
+      const since = await backend.history('h/x', x[1].id);
+      expect(since).toMatchObject({ gap: false });
+      expect(since.messages.map((m) => m.id)).toEqual(x.slice(2).map((m) => m.id));
+
+      expect(await backend.history('h/x', x[4].id)).toEqual({ gap: false, messages: [] });
+      expect(await backend.history('h/none')).toEqual({ gap: false, messages: [] });
+      expect(await backend.history('h/none', x[0].id)).toEqual({ gap: false, messages: [] });
+
+      const limited = await backend.history('h/x', x[0].id, 2);
+      expect(limited.gap).toBe(true);
+      expect(limited.messages.map((m) => m.id)).toEqual([x[3].id, x[4].id]);
+      const exact = await backend.history('h/x', x[2].id, 2);
+      expect(exact.gap).toBe(false);
+      expect(exact.messages.map((m) => m.id)).toEqual([x[3].id, x[4].id]);
+      const zero = await backend.history('h/x', x[2].id, 0);
+      expect(zero).toEqual({ gap: true, messages: [] });
+
+      // A since newer than anything, or between messages of other topics, is fine.
+      const between = await backend.history('h/x', (await backend.publish('h/y', {}, Buffer.from('late'))).id);
+      expect(between).toEqual({ gap: false, messages: [] });
+    });
+
+    it('returns recursive (prefix) history across topics in id order', async () => {
+      const { backend } = await open();
+      const sent: Message[] = [];
+      for (let i = 0; i < 3; i++) {
+        sent.push(await backend.publish('p/a', {}, Buffer.from(`a${i}`)));
+        await backend.publish('pq', {}, Buffer.from(`pq${i}`));
+        sent.push(await backend.publish('p/b/c', {}, Buffer.from(`c${i}`)));
+        await backend.publish('other/p/', {}, Buffer.from(`o${i}`));
+      }
+      const all = await backend.history('p/');
+      expect(all.gap).toBe(false);
+      expect(all.messages.map((m) => m.id)).toEqual(sent.map((m) => m.id));
+      expect(all.messages.map((m) => m.topic)).toEqual(['p/a', 'p/b/c', 'p/a', 'p/b/c', 'p/a', 'p/b/c']);
+
+      const since = await backend.history('p/', sent[2].id);
+      expect(since.gap).toBe(false);
+      expect(since.messages.map((m) => m.id)).toEqual(sent.slice(3).map((m) => m.id));
+
+      const limited = await backend.history('p/', sent[0].id, 3);
+      expect(limited.gap).toBe(true);
+      expect(limited.messages.map((m) => m.id)).toEqual(sent.slice(3).map((m) => m.id));
+
+      const deeper = await backend.history('p/b/');
+      expect(deeper.messages.map((m) => m.body.toString())).toEqual(['c0', 'c1', 'c2']);
+      expect(await backend.history('nothing/here/')).toEqual({ gap: false, messages: [] });
+    });
+
+    it('trims by count and reports the gap', async () => {
+      const { backend } = await open({ count: 3 });
+      const x: Message[] = [];
+      for (let i = 0; i < 5; i++) x.push(await backend.publish('c/x', {}, Buffer.from(`x${i}`)));
+      const other = await backend.publish('c/y', {}, Buffer.from('y'));
+
+      const all = await backend.history('c/x');
+      expect(all.messages.map((m) => m.body.toString())).toEqual(['x2', 'x3', 'x4']);
+      expect(all.gap).toBe(false);
+      // x1 was trimmed: a resume from x0 missed it; a resume from x1 missed nothing.
+      expect((await backend.history('c/x', x[0].id)).gap).toBe(true);
+      const fromX1 = await backend.history('c/x', x[1].id);
+      expect(fromX1.gap).toBe(false);
+      expect(fromX1.messages.map((m) => m.id)).toEqual(x.slice(2).map((m) => m.id));
+
+      const rec = await backend.history('c/', x[0].id);
+      expect(rec.gap).toBe(true);
+      expect(rec.messages.map((m) => m.id)).toEqual([...x.slice(2), other].map((m) => m.id));
+      expect((await backend.history('c/', x[1].id)).gap).toBe(false);
+      // Another topic's trimming is not this topic's gap.
+      expect((await backend.history('c/y', x[0].id)).gap).toBe(false);
+    });
+
+    it('trims by bytes per topic and in total', async () => {
+      const { backend } = await open({ bytes: 10, totalBytes: 20 });
+      for (let i = 0; i < 4; i++) await backend.publish('b/x', {}, Buffer.from(`abc${i}`));
+      const x = await backend.history('b/x');
+      expect(x.messages.map((m) => m.body.toString())).toEqual(['abc2', 'abc3']);
+
+      // Total: 20 bytes over all topics, so the oldest go first wherever they are.
+      for (let i = 0; i < 3; i++) await backend.publish(`b/t${i}`, {}, Buffer.from(`12345${i}`));
+      const rec = await backend.history('b/');
+      const bytes = rec.messages.reduce((n, m) => n + m.body.length, 0);
+      expect(bytes).toBeLessThanOrEqual(20);
+      // 8 + 6 + 6 + 6 = 26 > 20: both of b/x's go, oldest first.
+      expect(rec.messages.map((m) => m.body.toString())).toEqual(['123450', '123451', '123452']);
+      expect((await backend.history('b/x', '0-0')).gap).toBe(true);
+
+      // A single body over the per-topic limit is not kept.
+      await backend.publish('b/big', {}, Buffer.alloc(11, 1));
+      expect((await backend.history('b/big')).messages).toEqual([]);
+    });
+
+    it('expires by age and reports the gap', async () => {
+      const { backend, received } = await open({ ageMs: 300 });
+      const first = await backend.publish('age/x', {}, Buffer.from('old'));
+      await backend.publish('age/y', {}, Buffer.from('old too'));
+      expect((await backend.history('age/x')).messages.length).toBe(1);
+      await waitFor(async () => (await backend.history('age/')).messages.length === 0, 5000, 'age expiry');
+      expect(await backend.history('age/x')).toEqual({ gap: false, messages: [] });
+      expect((await backend.history('age/x', '0-0')).gap).toBe(true);
+      expect((await backend.history('age/', '0-0')).gap).toBe(true);
+      expect((await backend.history('age/x', first.id)).gap).toBe(false);
+      const fresh = await backend.publish('age/x', {}, Buffer.from('new'));
+      const after = await backend.history('age/x', first.id);
+      expect(after).toMatchObject({ gap: false });
+      expect(after.messages.map((m) => m.id)).toEqual([fresh.id]);
+      await waitFor(() => received.length === 3, 5000, 'deliveries');
+    });
+
+    it('keeps binary bodies byte for byte in history', async () => {
+      const { backend } = await open();
+      const big = Buffer.alloc(256 * 1024);
+      for (let i = 0; i < big.length; i++) big[i] = (i * 7919) & 0xff;
+      await backend.publish('bin', {}, allBytes);
+      await backend.publish('bin', {}, notUtf8);
+      await backend.publish('bin', {}, big);
+      const h = await backend.history('bin');
+      expect(h.messages.length).toBe(3);
+      expect(Buffer.compare(h.messages[0].body, allBytes)).toBe(0);
+      expect(Buffer.compare(h.messages[1].body, notUtf8)).toBe(0);
+      expect(Buffer.compare(h.messages[2].body, big)).toBe(0);
+      const r = await backend.history('/unsafe/', undefined);
+      expect(r.messages).toEqual([]);
+    });
+
+    it('keeps nothing with history disabled but still delivers', async () => {
+      const { backend, received } = await open({ count: 0 });
+      const a = await backend.publish('off/x', {}, Buffer.from('1'));
+      await backend.publish('off/x', {}, Buffer.from('2'));
+      await waitFor(() => received.length === 2, 5000, 'deliveries');
+      expect(received.map((m) => m.body.toString())).toEqual(['1', '2']);
+      expect(await backend.history('off/x')).toEqual({ gap: false, messages: [] });
+      expect((await backend.history('off/', a.id)).messages).toEqual([]);
+      expect(await backend.historyTopics()).toEqual([]);
+    });
+
+    it('lists topics with history', async () => {
+      const { backend } = await open({ count: 2 });
+      await backend.publish('l/a', {}, Buffer.from('12'));
+      for (let i = 0; i < 3; i++) await backend.publish('/unsafe/l/b', {}, Buffer.from('123'));
+      const topics = (await backend.historyTopics()).sort((p, q) => p.topic.localeCompare(q.topic));
+      expect(topics).toEqual([
+        { topic: '/unsafe/l/b', messages: 2, bytes: 6 },
+        { topic: 'l/a', messages: 1, bytes: 2 },
+      ]);
+    });
+
+    it('rejects publishes after close', async () => {
+      const { backend } = await open();
+      await backend.publish('z', {}, Buffer.from('before'));
+      await backend.close();
+      expect(backend.ready()).toBe(false);
+      await expect(backend.publish('z', {}, Buffer.from('after'))).rejects.toBeInstanceOf(BackendUnavailableError);
+      await backend.close(); // twice is harmless
+    });
+  });
+}
