@@ -6,3 +6,14 @@ export { MemoryBackend } from './backends/memory.js';
 export type { Backend, Retention, HistoryResult } from './backends/backend.js';
 export { Message, compareIds, isMessageId, type Headers, type MessageJSON } from './message.js';
 export { makeToken, TokenVerifier } from './tokens.js';
+export {
+  subscribe,
+  Subscription,
+  SubscribeError,
+  parseSubscribeUrl,
+  readStateFile,
+  writeStateFile,
+  type SubscribeOptions,
+  type SubscriptionEvents,
+  type DisconnectInfo,
+} from './client.js';
