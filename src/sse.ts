@@ -1,25 +1,242 @@
 /**
- * Server-Sent Events subscribers (issue 4 fills this in).
+ * Server-Sent Events subscribers: `GET /sub/<topic>` with `Accept: text/event-stream`.
+ *
+ * Each message becomes one event, encoded once per message and the very same
+ * Buffer written to every SSE subscriber:
+ *
+ *     id: <message id>
+ *     event: <topic>              (base64:<topic> when data is base64)
+ *     data: <body line 1>
+ *     data: <body line 2>
+ *
+ * SSE has no way to carry a CR inside `data:` (a parser treats CR, LF and CRLF
+ * alike as line ends) nor bytes that are not UTF-8, so a body that is not
+ * UTF-8 text or that contains a CR is sent as one base64 `data:` line under
+ * `event: base64:<topic>`. Everything else is split on LF; a client joins the
+ * `data:` lines with LF and gets the body back byte for byte.
+ *
+ * Resume: `Last-Event-ID` (what EventSource sends when it reconnects), else
+ * `?last-event-id=`, else `?since=`; the broker replays history after it and
+ * switches to live with no gap and no duplicate.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Context } from './context.js';
+import type { Subscriber } from './broker.js';
+import { parseSince, type Context } from './context.js';
+import { isMessageId, isUtf8Text, type Message } from './message.js';
 import type { Endpoint } from './topics.js';
 
+const CR = 0x0d;
+
+/** How long an EventSource waits before reconnecting; sent once at the start of every stream. */
+const RETRY_MS = 2000;
+const PREAMBLE = Buffer.from(`retry: ${RETRY_MS}\n\n`);
+const PING = Buffer.from(': ping\n\n');
+
+/** One complete SSE event for a message. */
+export function sseEvent(m: Message): Buffer {
+  const body = m.body;
+  if (isUtf8Text(body) && !body.includes(CR)) {
+    const text = body.toString('utf8');
+    // A `data: ` line per LF-separated line; an empty body is one empty data line.
+    return Buffer.from(`id: ${m.id}\nevent: ${m.topic}\ndata: ${text.replaceAll('\n', '\ndata: ')}\n\n`);
+  }
+  return Buffer.from(`id: ${m.id}\nevent: base64:${m.topic}\ndata: ${body.toString('base64')}\n\n`);
+}
+
+function gapEvent(since: string): Buffer {
+  return Buffer.from(`event: gap\ndata: ${JSON.stringify({ since })}\n\n`);
+}
+
+// Subscribers written to in this turn; uncorked together once the turn's I/O callbacks are done,
+// so a replay or a burst of publishes leaves in few packets.
+let corked: SseSubscriber[] = [];
+function flushCorked(): void {
+  const subs = corked;
+  corked = [];
+  for (const s of subs) s.uncork();
+}
+
+export interface SseStats {
+  connected: number;
+  slowDisconnects: number;
+}
+
+class SseSubscriber implements Subscriber {
+  readonly topic: string;
+  readonly res: ServerResponse;
+  readonly #maxBuffer: number;
+  readonly #onSlow: (sub: SseSubscriber) => void;
+  #corked = false;
+  /** Until live(): history is paced by drained() rather than limited by the buffer check. */
+  #replaying = true;
+  closed = false;
+
+  constructor(res: ServerResponse, topic: string, maxBuffer: number, onSlow: (sub: SseSubscriber) => void) {
+    this.res = res;
+    this.topic = topic;
+    this.#maxBuffer = maxBuffer;
+    this.#onSlow = onSlow;
+  }
+
+  send(message: Message): void {
+    this.write(message.encoded('sse', sseEvent));
+  }
+
+  gap(since: string): void {
+    this.write(gapEvent(since));
+  }
+
+  live(): void {
+    this.#replaying = false;
+  }
+
+  drained(): Promise<void> | undefined {
+    const socket = this.res.socket;
+    if (this.closed || !socket) return undefined;
+    // At or above the high-water mark the last write returned false, so 'drain' is sure to come.
+    const threshold = Math.max(this.#maxBuffer / 2, socket.writableHighWaterMark);
+    if (socket.writableLength < threshold) return undefined;
+    return new Promise((resolve) => {
+      const done = () => {
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      socket.on('drain', done);
+      socket.on('close', done);
+    });
+  }
+
+  write(data: Buffer): void {
+    if (this.closed) return;
+    const res = this.res;
+    const queued = res.writableLength;
+    // A message larger than the whole buffer still goes to a subscriber that is keeping up.
+    if (!this.#replaying && queued > 0 && queued + data.length > this.#maxBuffer) {
+      this.closed = true;
+      this.#onSlow(this);
+      return;
+    }
+    if (!this.#corked) {
+      this.#corked = true;
+      res.cork();
+      if (corked.length === 0) setImmediate(flushCorked);
+      corked.push(this);
+    }
+    res.write(data);
+  }
+
+  uncork(): void {
+    this.#corked = false;
+    this.res.uncork();
+  }
+
+  /** Ends the stream; the socket is closed too, since an SSE connection is never reused. */
+  end(): void {
+    this.closed = true;
+    const res = this.res;
+    if (res.writableEnded) return;
+    // Taken now: node detaches the socket from the response as it finishes.
+    const socket = res.socket;
+    res.end();
+    res.once('finish', () => socket?.end());
+  }
+}
+
+function refuse(res: ServerResponse, status: number, message: string, extra: Record<string, string> = {}): void {
+  const payload = message + '\n';
+  res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(payload), ...extra });
+  res.end(payload);
+}
+
+/** The id to resume after, from the freshest source: EventSource's reconnect header beats the URL it was opened with. */
+function resumeId(req: IncomingMessage, query: URLSearchParams): string | undefined | Error {
+  const header = req.headers['last-event-id'];
+  const sources: Array<[string, string | null | undefined]> = [
+    ['Last-Event-ID header', Array.isArray(header) ? header[0] : header],
+    ['?last-event-id=', query.get('last-event-id')],
+    ['?since=', query.get('since')],
+  ];
+  for (const [name, value] of sources) {
+    if (value === null || value === undefined || value === '') continue;
+    const since = parseSince(value, isMessageId);
+    if (since instanceof Error) return new Error(since.message.replace(/^since/, name));
+    return since;
+  }
+  return undefined;
+}
+
 export class SseTransport {
+  readonly stats: SseStats = { connected: 0, slowDisconnects: 0 };
   readonly #ctx: Context;
+  readonly #subscribers = new Set<SseSubscriber>();
+  readonly #heartbeat: NodeJS.Timeout;
+
   constructor(ctx: Context) {
     this.#ctx = ctx;
+    this.#heartbeat = setInterval(() => {
+      for (const sub of this.#subscribers) sub.write(PING);
+    }, ctx.config.sseHeartbeatMs);
+    this.#heartbeat.unref();
   }
 
   get connected(): number {
-    return 0;
+    return this.stats.connected;
   }
 
-  handle(_req: IncomingMessage, res: ServerResponse, _endpoint: Endpoint, _query: URLSearchParams): void {
-    void this.#ctx;
-    res.writeHead(406, { 'content-type': 'text/plain; charset=utf-8' });
-    res.end('406 Not Acceptable: Server-Sent Events are not supported yet\n');
+  /** Called by the HTTP handler once the path, the unsafe guard and the token have been checked. */
+  handle(req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, query: URLSearchParams): void {
+    const ctx = this.#ctx;
+    if (ctx.shuttingDown) return refuse(res, 503, '503 Service Unavailable: server is shutting down', { connection: 'close' });
+    const since = resumeId(req, query);
+    if (since instanceof Error) return refuse(res, 400, `400 Bad Request: ${since.message}`);
+
+    res.writeHead(200, {
+      'content-type': 'text/event-stream',
+      'cache-control': 'no-cache',
+      // nginx buffers proxied responses unless told not to, which would hold events back.
+      'x-accel-buffering': 'no',
+    });
+    res.flushHeaders();
+    res.socket?.setNoDelay(true);
+
+    const sub = new SseSubscriber(res, endpoint.topic, ctx.config.maxSubscriberBuffer, (s) => this.#slow(s));
+    this.#subscribers.add(sub);
+    this.stats.connected++;
+    sub.write(PREAMBLE);
+    res.on('error', (err) => {
+      ctx.log.debug({ topic: sub.topic, err: err.message }, 'sse subscriber error');
+    });
+    res.on('close', () => {
+      sub.closed = true;
+      if (this.#subscribers.delete(sub)) this.stats.connected--;
+      ctx.broker.unsubscribe(sub);
+    });
+    ctx.broker.subscribe(sub, since).catch((err: Error) => {
+      ctx.log.warn({ topic: sub.topic, err: err.message }, 'resume failed');
+      // The client reconnects after `retry:` with its Last-Event-ID and tries again.
+      ctx.broker.unsubscribe(sub);
+      sub.end();
+    });
   }
 
-  close(): void {}
+  #slow(sub: SseSubscriber): void {
+    this.stats.slowDisconnects++;
+    this.#ctx.broker.stats.slowDisconnects++;
+    this.#ctx.broker.stats.drops++;
+    this.#ctx.broker.unsubscribe(sub);
+    this.#ctx.log.info({ topic: sub.topic }, 'slow subscriber disconnected');
+    // The end of the stream would queue behind the backlog; give it a moment, then cut the connection.
+    sub.end();
+    setTimeout(() => sub.res.destroy(), 1000).unref();
+  }
+
+  /** Ends every stream (shutdown); clients reconnect elsewhere with their Last-Event-ID. */
+  close(): void {
+    clearInterval(this.#heartbeat);
+    for (const sub of this.#subscribers) {
+      this.#ctx.broker.unsubscribe(sub);
+      sub.end();
+    }
+  }
 }
