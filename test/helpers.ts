@@ -33,11 +33,23 @@ export function wsUrl(server: HookbotServer, path: string): string {
   return server.url.replace(/^http/, 'ws') + path;
 }
 
+// Messages that arrive with the handshake can be emitted before the caller's
+// await resumes; wsConnect keeps them here until an Inbox takes over.
+const EARLY = Symbol('early messages');
+type EarlyWs = WebSocket & { [EARLY]?: { messages: Array<{ data: Buffer; binary: boolean }>; listener: (data: RawData, binary: boolean) => void } };
+
+function toBuffer(data: RawData): Buffer {
+  return Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+}
+
 /** Opens a WebSocket and resolves once it is open; rejects with the HTTP status on a refused handshake. */
 export function wsConnect(url: string, options: ClientOptions & { protocol?: string } = {}): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
     const { protocol, ...rest } = options;
-    const ws = new WebSocket(url, protocol ? [protocol] : [], rest);
+    const ws: EarlyWs = new WebSocket(url, protocol ? [protocol] : [], rest);
+    const early = { messages: [] as Array<{ data: Buffer; binary: boolean }>, listener: (data: RawData, binary: boolean) => early.messages.push({ data: toBuffer(data), binary }) };
+    ws[EARLY] = early;
+    ws.on('message', early.listener);
     const timer = setTimeout(() => reject(new Error(`timeout connecting to ${url}`)), 5000);
     ws.once('open', () => {
       clearTimeout(timer);
@@ -68,8 +80,14 @@ export class Inbox {
   closed: { code: number; reason: string } | undefined;
 
   constructor(ws: WebSocket) {
+    const early = (ws as EarlyWs)[EARLY];
+    if (early) {
+      ws.off('message', early.listener);
+      this.messages.push(...early.messages);
+      delete (ws as EarlyWs)[EARLY];
+    }
     ws.on('message', (data: RawData, binary: boolean) => {
-      this.messages.push({ data: Buffer.isBuffer(data) ? data : Buffer.from(data as ArrayBuffer), binary });
+      this.messages.push({ data: toBuffer(data), binary });
       this.#wake();
     });
     ws.on('close', (code, reason) => {

@@ -290,6 +290,15 @@ describe('retention and gaps', () => {
     }
   });
 
+  it('with history disabled, a resume from before newer messages is told about the gap', async () => {
+    const srv = await server({ history: '0' });
+    const first = await publishId(srv, '/pub/h/nohist', 'one');
+    await publishId(srv, '/pub/h/nohist', 'two');
+    const resumed = await sub(srv, `/sub/h/nohist?since=${first}`, V1);
+    await resumed.inbox.waitFor(2);
+    expect(envelopes(resumed.inbox)).toEqual([{ type: 'gap', since: first }, { type: 'live' }]);
+  });
+
   it('--history-total-bytes bounds memory across many topics, dropping the oldest first', async () => {
     const srv = await server({ historyTotalBytes: '2KiB' });
     const body = Buffer.alloc(100, 't');
@@ -327,5 +336,14 @@ describe('ids', () => {
     const b = await server();
     const after = await publishId(b, '/pub/h/restart', 'two');
     expect(compareIds(after, before)).toBe(1);
+  });
+  it('a resume from an id given out before a restart is told about the gap (memory history is gone)', async () => {
+    const a = await startTestServer();
+    const before = await publishId(a, '/pub/h/restart2', 'one');
+    await a.close();
+    const b = await server();
+    const resumed = await sub(b, `/sub/h/restart2?since=${before}`, V1);
+    await resumed.inbox.waitFor(2);
+    expect(envelopes(resumed.inbox)).toEqual([{ type: 'gap', since: before }, { type: 'live' }]);
   });
 });

@@ -8,7 +8,7 @@
  * later. So every publish costs O(1) amortised, whatever the number of topics.
  */
 import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
-import { compareIds, IdGenerator, Message, type Headers } from '../message.js';
+import { compareIds, IdGenerator, idTime, Message, type Headers } from '../message.js';
 
 interface Entry {
   message: Message;
@@ -42,11 +42,15 @@ export class MemoryBackend implements Backend {
   #forgottenUpTo: string | undefined;
   #closed = false;
   #now: () => number;
+  /** Ids before this were given out by an earlier process, whose history is gone. */
+  readonly #startedAt: number;
+  #lastId: string | undefined;
 
   constructor(retention: Retention, now: () => number = Date.now) {
     this.#retention = retention;
     this.#enabled = historyEnabled(retention);
     this.#now = now;
+    this.#startedAt = now();
   }
 
   setListener(listener: (m: Message) => void): void {
@@ -66,6 +70,7 @@ export class MemoryBackend implements Backend {
     if (this.#closed) throw new BackendUnavailableError('server is shutting down');
     const now = this.#now();
     const message = new Message(this.#ids.next(now), topic, headers, body, now);
+    this.#lastId = message.id;
     if (this.#enabled) this.#retain(message, now);
     this.#listener(message);
     return message;
@@ -156,6 +161,11 @@ export class MemoryBackend implements Backend {
       for (const [name, id] of this.#tombstones) if (name.startsWith(topic) && trimmedAfter(id)) gap = true;
     }
     if (!gap && trimmedAfter(this.#forgottenUpTo)) gap = true;
+    // Never silent: a resume from before this process started, or while nothing is kept, may have missed messages.
+    if (!gap && since !== undefined && since !== '0-0') {
+      if (idTime(since) < this.#startedAt) gap = true;
+      else if (!this.#enabled && this.#lastId !== undefined && compareIds(this.#lastId, since) > 0) gap = true;
+    }
     if (limit !== undefined && messages.length > limit) {
       messages = messages.slice(messages.length - limit);
       gap = true;
