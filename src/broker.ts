@@ -17,6 +17,13 @@ export interface Subscriber {
   gap?(since: string): void;
   /** Replay is over; what follows is live. */
   live?(): void;
+  /**
+   * Replay pacing: a promise (resolved once it has drained, or closed) while the
+   * subscriber's queue is too full to take more history now, else undefined.
+   * Without it a history larger than the subscriber's buffer would be written in
+   * one go and the subscriber cut off as slow, on every reconnect.
+   */
+  drained?(): Promise<void> | undefined;
 }
 
 export interface BrokerStats {
@@ -124,16 +131,29 @@ export class Broker {
     if (this.#standIns.get(sub) !== standIn) return;
     if (history.gap) sub.gap?.(since);
     for (const m of history.messages) {
+      const wait = sub.drained?.();
+      if (wait) {
+        await wait;
+        if (this.#standIns.get(sub) !== standIn) return;
+      }
       sub.send(m);
       last = m.id;
     }
-    for (const m of pending) {
-      if (compareIds(m.id, last) > 0) {
-        sub.send(m);
-        last = m.id;
-      }
-    }
     this.stats.deliveries += history.messages.length;
+    // Live messages keep arriving in `pending` while this loop waits, hence the index.
+    for (let i = 0; i < pending.length; i++) {
+      const m = pending[i];
+      if (compareIds(m.id, last) <= 0) continue;
+      const wait = sub.drained?.();
+      if (wait) {
+        await wait;
+        if (this.#standIns.get(sub) !== standIn) return;
+      }
+      sub.send(m);
+      last = m.id;
+    }
+    pending.length = 0;
+    // No await between the last pending message and here, so nothing slips past.
     replayed = true;
     sub.live?.();
   }

@@ -3,6 +3,7 @@
  * the subscriber commands.
  */
 import { Command, Option } from 'commander';
+import { registerClientCommands } from './client-cli.js';
 import { ConfigError, resolveKeys, resolveServeConfig, type ServeOptions } from './config.js';
 import { createLogger } from './log.js';
 import { startServer } from './server.js';
@@ -44,8 +45,21 @@ export function buildProgram(): Command {
     .option('--history-bytes <size>', 'body bytes kept per topic', '8MiB')
     .option('--history-age <duration>', 'how long a message is kept', '24h')
     .option('--history-total-bytes <size>', 'body bytes kept across all topics', '256MiB')
+    .option('--redis <url>', 'cluster mode: keep history and fan out through this Redis, redis[s]://[:password@]host:port[/db] (env HOOKBOT_REDIS_URL)')
     .option('--ping-interval <duration>', 'ping subscribers this often; no pong by the next ping disconnects', '30s')
+    .option('--sse-heartbeat <duration>', 'send Server-Sent Events subscribers a `: ping` comment this often', '15s')
     .option('--stats-interval <duration>', 'how often the stats line is logged', '60s')
+    .option('--router <name>', 'run an in-server router: github, gitlab (repeatable)', collect)
+    .option('--github-secret <secrets>', 'GitHub webhook secret(s) the github router verifies with, comma-separated (env HOOKBOT_GITHUB_SECRET)', collect)
+    .option('--gitlab-token <tokens>', 'GitLab webhook secret token(s) the gitlab router accepts, comma-separated (env HOOKBOT_GITLAB_TOKEN)', collect)
+    .option('--dedupe-window <duration>', 'how long routers remember delivery ids, so a redelivery is re-published once', '1h')
+    .option('--metrics-token <token>', 'require Authorization: Bearer <token> on /metrics (env HOOKBOT_METRICS_TOKEN; default: /metrics is open)')
+    .option('--rate-limit <n>', 'publishes per second per client address, 429 beyond; 0 disables (env HOOKBOT_RATE_LIMIT; default 100)')
+    .option('--rate-limit-burst <n>', 'publishes a client may make at once before --rate-limit applies (env HOOKBOT_RATE_LIMIT_BURST; default: same as --rate-limit)')
+    .option('--max-subscribers-per-ip <n>', 'concurrent subscribers per client address, 429 beyond; 0 disables (env HOOKBOT_MAX_SUBSCRIBERS_PER_IP; default 200)')
+    .option('--max-subscriptions <n>', 'concurrent subscriptions on this server, 503 beyond; 0 disables (env HOOKBOT_MAX_SUBSCRIPTIONS; default 10000)')
+    .option('--limit-exempt <cidrs>', 'client addresses/ranges the per-address limits skip, comma-separated; "" for none (env HOOKBOT_LIMIT_EXEMPT; default 127.0.0.0/8,::1)')
+    .option('--trust-proxy [hops]', 'take the client address from X-Forwarded-For, set by this many proxies in front (default when given: 1; env HOOKBOT_TRUST_PROXY)')
     .addOption(new Option('--log-level <level>', 'log level (env HOOKBOT_LOG_LEVEL)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(async (opts: ServeOptions) => {
       const config = resolveServeConfig(opts);
@@ -87,6 +101,8 @@ export function buildProgram(): Command {
         process.stdout.write(line + '\n');
       }
     });
+
+  registerClientCommands(program);
 
   return program;
 }

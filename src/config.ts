@@ -4,6 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
+import { checkRedisUrl } from './backends/redis.js';
+import { exemptList, LIMIT_DEFAULTS } from './limits.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -32,9 +34,32 @@ export interface Config {
   statsIntervalMs: number;
   /** How often subscribers are pinged; one missed pong disconnects them. */
   pingIntervalMs: number;
+  /** How often an idle Server-Sent Events stream gets a `: ping` comment, so proxies and clients can tell it is alive. */
+  sseHeartbeatMs: number;
   /** Extra request headers (lower-case) kept with each message. */
   keepHeaders: string[];
   retention: Retention;
+  /** Cluster mode: history and fan-out in this Redis instead of in memory (never logged: it may hold a password). */
+  redisUrl?: string;
+  /** In-server routers to run (`--router`), and what they verify deliveries with. */
+  routers: string[];
+  githubSecrets: string[];
+  gitlabTokens: string[];
+  /** How long a router remembers a delivery id, so a redelivery is re-published once. */
+  dedupeWindowMs: number;
+  /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
+  metricsToken?: string;
+  /** Publishes per second per client address (0 disables), and the burst allowed on top. */
+  rateLimit: number;
+  rateLimitBurst: number;
+  /** Concurrent subscribers per client address (0 disables). */
+  maxSubscribersPerIp: number;
+  /** Concurrent subscriptions on this server (0 disables). */
+  maxSubscriptions: number;
+  /** Trusted proxy hops in front of the server; 0 ignores X-Forwarded-For. */
+  trustProxy: number;
+  /** Client addresses/CIDRs the per-address limits skip (default: loopback). */
+  limitExempt: string[];
 }
 
 export const DEFAULTS = {
@@ -44,6 +69,7 @@ export const DEFAULTS = {
   logLevel: 'info',
   statsIntervalMs: 60_000,
   pingIntervalMs: 30_000,
+  sseHeartbeatMs: 15_000,
 } as const;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -98,11 +124,71 @@ export interface ServeOptions {
   logLevel?: string;
   statsInterval?: string;
   pingInterval?: string;
+  sseHeartbeat?: string;
   keepHeader?: string[];
   history?: string;
   historyBytes?: string;
   historyAge?: string;
   historyTotalBytes?: string;
+  redis?: string;
+  router?: string[];
+  githubSecret?: string[];
+  gitlabToken?: string[];
+  dedupeWindow?: string;
+  metricsToken?: string;
+  rateLimit?: string;
+  rateLimitBurst?: string;
+  maxSubscribersPerIp?: string;
+  maxSubscriptions?: string;
+  /** `--trust-proxy` alone is true (one proxy); with a value, the number of proxies. */
+  trustProxy?: string | boolean;
+  limitExempt?: string;
+}
+
+/** The limits flags (see src/limits.ts for what each one does). */
+export function resolveLimits(opts: ServeOptions, env: NodeJS.ProcessEnv): Pick<Config, 'rateLimit' | 'rateLimitBurst' | 'maxSubscribersPerIp' | 'maxSubscriptions' | 'trustProxy' | 'limitExempt'> {
+  const count = (value: string | undefined, option: string, fallback: number) => (value !== undefined ? parseCount(value, option) : fallback);
+  const rateLimit = count(opts.rateLimit ?? env.HOOKBOT_RATE_LIMIT, '--rate-limit', LIMIT_DEFAULTS.rateLimit);
+  const rateLimitBurst = count(opts.rateLimitBurst ?? env.HOOKBOT_RATE_LIMIT_BURST, '--rate-limit-burst', rateLimit);
+  if (rateLimit > 0 && rateLimitBurst < 1) throw new ConfigError('--rate-limit-burst must be at least 1 while --rate-limit is on');
+  const trust = opts.trustProxy ?? env.HOOKBOT_TRUST_PROXY;
+  const exempt = opts.limitExempt ?? env.HOOKBOT_LIMIT_EXEMPT;
+  const limitExempt = exempt === undefined ? [...LIMIT_DEFAULTS.limitExempt] : parseList(exempt);
+  try {
+    exemptList(limitExempt);
+  } catch (err) {
+    throw new ConfigError(`--limit-exempt: ${(err as Error).message}`);
+  }
+  const trustProxy = trust === undefined || trust === false ? 0 : trust === true || trust === 'true' ? 1 : trust === 'false' ? 0 : parseCount(trust, '--trust-proxy');
+  return {
+    rateLimit,
+    rateLimitBurst,
+    maxSubscribersPerIp: count(opts.maxSubscribersPerIp ?? env.HOOKBOT_MAX_SUBSCRIBERS_PER_IP, '--max-subscribers-per-ip', LIMIT_DEFAULTS.maxSubscribersPerIp),
+    maxSubscriptions: count(opts.maxSubscriptions ?? env.HOOKBOT_MAX_SUBSCRIPTIONS, '--max-subscriptions', LIMIT_DEFAULTS.maxSubscriptions),
+    trustProxy,
+    limitExempt,
+  };
+}
+
+export const ROUTERS = ['github', 'gitlab'];
+
+/** `--router` names and their credentials; a router that could not verify anything refuses to start. */
+export function resolveRouters(opts: ServeOptions, env: NodeJS.ProcessEnv): Pick<Config, 'routers' | 'githubSecrets' | 'gitlabTokens' | 'dedupeWindowMs'> {
+  const routers = [...new Set((opts.router ?? []).flatMap((r) => parseList(r)))];
+  for (const r of routers) {
+    if (!ROUTERS.includes(r)) throw new ConfigError(`--router ${JSON.stringify(r)} is not a router; available: ${ROUTERS.join(', ')}`);
+  }
+  // Flags replace the environment rather than adding to it, so a stale env secret can't linger.
+  const githubSecrets = opts.githubSecret?.length ? opts.githubSecret.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITHUB_SECRET);
+  const gitlabTokens = opts.gitlabToken?.length ? opts.gitlabToken.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITLAB_TOKEN);
+  if (routers.includes('github') && githubSecrets.length === 0) {
+    throw new ConfigError('--router github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
+  }
+  if (routers.includes('gitlab') && gitlabTokens.length === 0) {
+    throw new ConfigError('--router gitlab needs the GitLab webhook secret token: set HOOKBOT_GITLAB_TOKEN or pass --gitlab-token (comma-separate several to rotate)');
+  }
+  const dedupeWindowMs = opts.dedupeWindow !== undefined ? parseDuration(opts.dedupeWindow, '--dedupe-window') : 3_600_000;
+  return { routers, githubSecrets, gitlabTokens, dedupeWindowMs };
 }
 
 /** The key from --key or HOOKBOT_KEY; missing is the error the original gives. */
@@ -131,6 +217,8 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
 
   const pingIntervalMs = opts.pingInterval ? parseDuration(opts.pingInterval, '--ping-interval') : DEFAULTS.pingIntervalMs;
   if (pingIntervalMs < 10) throw new ConfigError('--ping-interval must be at least 10ms');
+  const sseHeartbeatMs = opts.sseHeartbeat ? parseDuration(opts.sseHeartbeat, '--sse-heartbeat') : DEFAULTS.sseHeartbeatMs;
+  if (sseHeartbeatMs < 10) throw new ConfigError('--sse-heartbeat must be at least 10ms');
   const statsIntervalMs = opts.statsInterval ? parseDuration(opts.statsInterval, '--stats-interval') : DEFAULTS.statsIntervalMs;
 
   const keepHeaders = (opts.keepHeader ?? []).flatMap((h) => parseList(h)).map((h) => h.toLowerCase());
@@ -146,6 +234,17 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     totalBytes: opts.historyTotalBytes !== undefined ? parseSize(opts.historyTotalBytes, '--history-total-bytes') : DEFAULT_RETENTION.totalBytes,
   };
 
+  const redisUrl = opts.redis ?? (env.HOOKBOT_REDIS_URL || undefined);
+  if (redisUrl !== undefined) {
+    try {
+      checkRedisUrl(redisUrl);
+    } catch (err) {
+      throw new ConfigError(`--redis (or HOOKBOT_REDIS_URL): ${(err as Error).message}`);
+    }
+  }
+
+  const metricsToken = opts.metricsToken ?? (env.HOOKBOT_METRICS_TOKEN || undefined);
+
   return {
     bind: parseBind(opts.bind ?? env.HOOKBOT_BIND ?? DEFAULTS.bind),
     keys,
@@ -155,8 +254,13 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     logLevel,
     statsIntervalMs,
     pingIntervalMs,
+    sseHeartbeatMs,
     keepHeaders,
     retention,
+    ...(redisUrl !== undefined ? { redisUrl } : {}),
+    ...resolveRouters(opts, env),
+    ...resolveLimits(opts, env),
+    ...(metricsToken ? { metricsToken } : {}),
   };
 }
 

@@ -4,7 +4,9 @@
  */
 import type { Broker } from './broker.js';
 import type { Config } from './config.js';
+import type { Limits } from './limits.js';
 import type { Logger } from './log.js';
+import type { Metrics } from './metrics.js';
 import type { TokenVerifier } from './tokens.js';
 
 export interface Context {
@@ -12,6 +14,8 @@ export interface Context {
   readonly broker: Broker;
   readonly tokens: TokenVerifier;
   readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly limits: Limits;
   /** Set when shutdown starts: new publishes and subscriptions are refused. */
   shuttingDown: boolean;
 }

@@ -8,6 +8,7 @@ import express from 'express';
 import { BackendUnavailableError } from './backends/backend.js';
 import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from './context.js';
 import { ENVELOPES } from './envelopes.js';
+import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from './inspector.js';
 import type { SseTransport } from './sse.js';
 import { parseEndpoint, PathError, type Endpoint } from './topics.js';
 
@@ -64,7 +65,16 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
       if (method !== 'GET') return reply(res, 405, '405 Method Not Allowed: subscribe with GET', { allow: 'GET' });
       if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) return reply(res, 400, UNSAFE_HEADER_ERROR);
       if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return unauthorized(res);
-      if ((req.headers.accept ?? '').includes('text/event-stream')) return sse.handle(req, res, endpoint, query);
+      if ((req.headers.accept ?? '').includes('text/event-stream')) {
+        const admission = ctx.limits.admitSubscriber(req);
+        if (!admission.ok) {
+          ctx.metrics.subscriberRefused('sse', admission.status === 503 ? 'server_limit' : 'per_ip_limit');
+          return reply(res, admission.status, admission.message, { 'retry-after': String(admission.retryAfter) });
+        }
+        // The slot is held for as long as the event stream is open.
+        res.once('close', admission.release);
+        return sse.handle(req, res, endpoint, query);
+      }
       return reply(res, 400, '400 Bad Request: subscribe with a WebSocket upgrade, or with Accept: text/event-stream for Server-Sent Events');
     }
     return reply(res, 501, '501 Not Implemented: POST publishes, GET subscribes');
@@ -73,17 +83,33 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
 }
 
 function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, query: URLSearchParams): void {
-  if (ctx.shuttingDown) return reply(res, 503, '503 Service Unavailable: server is shutting down', { connection: 'close' });
-  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return unauthorized(res);
+  const startedAt = performance.now();
+  const metrics = ctx.metrics;
+  if (ctx.shuttingDown) {
+    metrics.publishRejected('unavailable');
+    return reply(res, 503, '503 Service Unavailable: server is shutting down', { connection: 'close' });
+  }
+  // Before the token check, so guessing tokens is rate limited too.
+  const limited = ctx.limits.publish(req);
+  if (limited) {
+    metrics.publishRejected('rate_limited');
+    return reply(res, limited.status, limited.message, { 'retry-after': String(limited.retryAfter) });
+  }
+  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) {
+    metrics.publishRejected('unauthorized');
+    return unauthorized(res);
+  }
 
   const metadata = query.get('extra-metadata');
   const envelope = metadata === null ? undefined : ENVELOPES[metadata];
   if (metadata !== null && !envelope) {
+    metrics.publishRejected('bad_request');
     return reply(res, 400, `400 Bad Request (bad ?extra-metadata=): supported values are ${Object.keys(ENVELOPES).join(', ')}`);
   }
 
   const max = ctx.config.maxBody;
   const tooLarge = () => {
+    metrics.publishRejected('too_large');
     // Answer, then stop reading: the rest of the body is never buffered.
     reply(res, 413, `413 Payload Too Large: body exceeds --max-body of ${max} bytes`, { connection: 'close' });
     req.unpipe();
@@ -113,14 +139,19 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
     if (failed) return;
     const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
     const headers = keptHeaders(req.headers, ctx.config.keepHeaders);
-    const body = envelope ? envelope(headers, raw) : raw;
+    const body = envelope ? envelope(req.headers, raw) : raw;
     ctx.broker.publish(endpoint.topic, headers, body).then(
       (message) => {
+        metrics.publishAccepted(size, startedAt);
         res.writeHead(200, { 'content-type': TEXT, 'content-length': OK.length, 'x-hookbot-message-id': message.id });
         res.end(OK);
       },
       (err: Error) => {
-        if (err instanceof BackendUnavailableError) return reply(res, 503, `503 Service Unavailable: ${err.message}`, { 'retry-after': '1' });
+        if (err instanceof BackendUnavailableError) {
+          metrics.publishRejected('unavailable');
+          return reply(res, 503, `503 Service Unavailable: ${err.message}`, { 'retry-after': '1' });
+        }
+        metrics.publishRejected('error');
         ctx.log.error({ topic: endpoint.topic, err: err.message }, 'publish failed');
         reply(res, 500, '500 Internal Server Error: publish failed');
       },
@@ -131,14 +162,57 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
 function createOpsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  app.set('etag', false);
+  // Process alive and answering; says nothing about the backend, so a Redis outage never restarts the process.
   app.get('/healthz', (_req, res) => {
-    res.type('text/plain').send('OK\n');
+    res.set('cache-control', 'no-store').type('text/plain').send('OK\n');
   });
+  // Ready to accept publishes and subscribers: listening, not shutting down, backend reachable.
   app.get('/readyz', (_req, res) => {
-    const ready = !ctx.shuttingDown && ctx.broker.backend.ready();
-    res.status(ready ? 200 : 503).type('text/plain').send(ready ? 'OK\n' : '503 Service Unavailable: not ready\n');
+    const reason = ctx.shuttingDown ? 'shutting down' : !ctx.broker.backend.ready() ? `backend ${ctx.broker.backend.name} not ready` : undefined;
+    res.set('cache-control', 'no-store').type('text/plain');
+    if (reason) res.status(503).set('retry-after', '1').send(`503 Service Unavailable: ${reason}\n`);
+    else res.send('OK\n');
   });
+  app.get('/metrics', (req, res, next) => {
+    if (!ctx.metrics.authorize(req.headers.authorization)) {
+      res.status(401).set('www-authenticate', 'Bearer realm="hookbot metrics"').type('text/plain').send('401 Unauthorized: /metrics needs Authorization: Bearer <--metrics-token>\n');
+      return;
+    }
+    ctx.metrics.render().then((text) => res.set('cache-control', 'no-store').type(ctx.metrics.contentType).send(text), next);
+  });
+  mountInspector(app, ctx);
   return app;
+}
+
+/** The inspector: its static page under /_/ and its token-protected JSON API under /_/api/. */
+function mountInspector(app: express.Express, ctx: Context): void {
+  const inspector = new Inspector(ctx);
+  app.use('/_', (_req, res, next) => {
+    // The page renders webhook bodies from anyone; nothing but its own files may run or be fetched.
+    res.set({
+      'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+      'x-content-type-options': 'nosniff',
+      'referrer-policy': 'no-referrer',
+    });
+    next();
+  });
+  app.use('/_/api', (req, res, next) => {
+    res.set('cache-control', 'no-store');
+    if (inspector.authorized(req.headers.authorization)) return next();
+    res.status(401).json({ error: `a token for ${INSPECTOR_PATH} (or a master token) is required: Authorization: Bearer <token>` });
+  });
+  app.use('/_/api', express.json({ limit: '16kb' }));
+  for (const route of inspector.routes) {
+    app[route.method](`/_/api${route.path}`, (req, res, next) => {
+      route
+        .handle({ authorization: req.headers.authorization, query: req.query as Record<string, unknown>, body: req.body })
+        .then((out) => res.status(out.status).json(out.body), next);
+    });
+  }
+  // Without strict routing '/_' also matches '/_/': only the bare form redirects.
+  app.get('/_', (req, res, next) => (req.originalUrl.split('?')[0] === '/_' ? res.redirect(301, '/_/') : next()));
+  app.use('/_', express.static(INSPECTOR_DIR, { index: 'index.html', fallthrough: true, maxAge: 0 }));
 }
 
 /** Ends the express app's chain: unknown operational paths and errors get plain answers. */

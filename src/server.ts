@@ -7,11 +7,15 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Backend } from './backends/backend.js';
 import { MemoryBackend } from './backends/memory.js';
+import { RedisBackend } from './backends/redis.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
 import { createHttpHandler, finishOpsApp, type HttpHandler } from './http.js';
+import { Limits } from './limits.js';
 import { createLogger, type Logger } from './log.js';
+import { Metrics } from './metrics.js';
+import { startRouters } from './routers/index.js';
 import { SseTransport } from './sse.js';
 import { TokenVerifier } from './tokens.js';
 import { WebSocketTransport } from './ws.js';
@@ -26,6 +30,8 @@ export interface HookbotServer {
   readonly sse: SseTransport;
   readonly http: HttpHandler;
   readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly limits: Limits;
   /** Stops accepting, closes subscribers with 1001, closes the backend. */
   close(): Promise<void>;
 }
@@ -33,13 +39,25 @@ export interface HookbotServer {
 /** How long shutdown waits for subscribers to take their close frames. */
 const CLOSE_GRACE_MS = 2000;
 
-export function createBackend(config: Config): Backend {
+export function createBackend(config: Config, log?: Logger): Backend {
+  if (config.redisUrl) return new RedisBackend(config.redisUrl, config.retention, log?.child({ backend: 'redis' }));
   return new MemoryBackend(config.retention);
 }
 
-export async function startServer(config: Config, log: Logger = createLogger(config.logLevel), backend: Backend = createBackend(config)): Promise<HookbotServer> {
+/** How long startup waits for Redis before serving anyway (publishes answer 503 until it is reachable). */
+const REDIS_STARTUP_WAIT_MS = 5000;
+
+export async function startServer(config: Config, log: Logger = createLogger(config.logLevel), backend: Backend = createBackend(config, log)): Promise<HookbotServer> {
+  if (backend instanceof RedisBackend) {
+    await backend.whenReady(REDIS_STARTUP_WAIT_MS).catch(() => log.warn('Redis not reachable yet; publishes answer 503 until it is'));
+  }
   const broker = new Broker(backend, log);
-  const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, shuttingDown: false };
+  // Before the routers, so they can count verifications; ws and sse are read at scrape time only, by when they exist.
+  const metrics = new Metrics({ broker, subscribers: () => ({ ws: ws.connected, sse: sse.connected }) }, config.metricsToken);
+  // Subscribed before listening, so no webhook arriving at startup goes unrouted.
+  const routers = await startRouters(config, broker, log, metrics);
+  const limits = new Limits(config);
+  const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, metrics, limits, shuttingDown: false };
   const ws = new WebSocketTransport(ctx);
   const sse = new SseTransport(ctx);
   const http = createHttpHandler(ctx, sse);
@@ -81,6 +99,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
         drops: now.drops - last.drops,
         slowDisconnects: now.slowDisconnects - last.slowDisconnects,
         totals: now,
+        ...(routers.routers.length > 0 ? { routers: routers.counts } : {}),
       },
       'stats',
     );
@@ -104,6 +123,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       }, CLOSE_GRACE_MS);
       await stopped;
       clearTimeout(deadline);
+      await routers.close();
       await broker.close();
     })());
 
@@ -117,6 +137,8 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     sse,
     http,
     log,
+    metrics,
+    limits,
     close,
   };
 }

@@ -70,6 +70,8 @@ class WsSubscriber implements Subscriber {
   readonly #maxBuffer: number;
   readonly #onSlow: (sub: WsSubscriber) => void;
   #corked = false;
+  /** Until live(): history is paced by drained() rather than limited by the buffer check. */
+  #replaying = true;
   alive = true;
   closed = false;
 
@@ -101,14 +103,30 @@ class WsSubscriber implements Subscriber {
   }
 
   live(): void {
+    this.#replaying = false;
     if (this.#key === 'ws:v1') this.#write(LIVE_FRAME);
+  }
+
+  drained(): Promise<void> | undefined {
+    const socket = this.#socket;
+    // At or above the high-water mark the last write returned false, so 'drain' is sure to come.
+    if (this.closed || socket.writableLength < Math.max(this.#maxBuffer / 2, socket.writableHighWaterMark)) return undefined;
+    return new Promise((resolve) => {
+      const done = () => {
+        socket.off('drain', done);
+        socket.off('close', done);
+        resolve();
+      };
+      socket.on('drain', done);
+      socket.on('close', done);
+    });
   }
 
   #write(data: Buffer): void {
     const socket = this.#socket;
     const queued = socket.writableLength;
     // A message larger than the whole buffer still goes to a subscriber that is keeping up.
-    if (queued > 0 && queued + data.length > this.#maxBuffer) {
+    if (!this.#replaying && queued > 0 && queued + data.length > this.#maxBuffer) {
       this.closed = true;
       this.#onSlow(this);
       return;
@@ -182,6 +200,14 @@ export class WebSocketTransport {
     const since = parseSince(params.get('since'), isMessageId);
     if (since instanceof Error) return refuse(socket, 400, 'Bad Request', `400 Bad Request: ${since.message}`);
 
+    const admission = ctx.limits.admitSubscriber(req);
+    if (!admission.ok) {
+      ctx.metrics.subscriberRefused('ws', admission.status === 503 ? 'server_limit' : 'per_ip_limit');
+      const reason = admission.status === 503 ? 'Service Unavailable' : 'Too Many Requests';
+      return refuse(socket, admission.status, reason, admission.message, `Retry-After: ${admission.retryAfter}\r\n`);
+    }
+    // Held until the connection ends, whether or not the handshake completes.
+    socket.once('close', admission.release);
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, socket as Socket, endpoint.topic, since));
   }
 

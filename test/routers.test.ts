@@ -81,8 +81,10 @@ describe('github router end to end', () => {
     const ws = await subscribe(server, `/sub/github.com/repo/${REPO}/event/push`, { protocol: 'hookbot.v1' });
     const inbox = new Inbox(ws);
     await githubHook(server, withSha(sha('2')), { delivery: 'ev-1' });
-    const frames = await inbox.waitFor(1);
-    const m = JSON.parse(frames[0].data.toString());
+    // hookbot.v1 opens with {"type":"live"}; the message follows.
+    const frames = await inbox.waitFor(2);
+    const m = JSON.parse(frames[1].data.toString());
+    expect(JSON.parse(frames[0].data.toString())).toEqual({ type: 'live' });
     expect(m.type).toBe('message');
     expect(m.topic).toBe(`github.com/repo/${REPO}/event/push`);
     expect(m.headers['x-github-delivery']).toBe('ev-1');
@@ -120,9 +122,18 @@ describe('github router end to end', () => {
       headers: { 'x-github-event': 'push', 'x-github-delivery': 'unsigned' },
       body: JSON.stringify(withSha(sha('f'))),
     });
+    const metric = async (result: string) => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      const m = new RegExp(`^hookbot_router_verifications_total\\{router="github",result="${result}"\\} (\\d+)$`, 'm').exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const [okBefore, failedBefore] = [await metric('ok'), await metric('failed')];
     await githubHook(server, withSha(sha('5')));
     const [m] = await inbox.waitFor(1);
     expect(JSON.parse(m.data.toString()).SHA).toBe(sha('5'));
+    // The three forgeries and the good delivery are counted for /metrics.
+    expect(failedBefore).toBeGreaterThanOrEqual(3);
+    expect(await metric('ok')).toBe(okBefore + 1);
   });
 
   it('accepts the previous secret during a rotation, and sha1-only signatures', async () => {
@@ -191,7 +202,7 @@ describe('gitlab router end to end', () => {
     await gitlabHook({ ...gitlabPush, after: sha('3') });
     const [m] = await branch.waitFor(1);
     expect(m.data.toString()).toBe(`{"Branch":"main","Repo":"mike/diaspora","SHA":"${sha('3')}","Type":"push","Who":"jsmith"}`);
-    const frames = (await all.waitFor(2)).map((f) => JSON.parse(f.data.toString()));
+    const frames = (await all.waitFor(3)).map((f) => JSON.parse(f.data.toString())).filter((f) => f.type === 'message');
     expect(frames.map((f) => f.topic)).toEqual(['gitlab.com/repo/mike/diaspora/branch/main', 'gitlab.com/repo/mike/diaspora/event/push']);
     expect(JSON.stringify(frames)).not.toContain(GITLAB_TOKEN);
     const env = JSON.parse(frames[1].body);

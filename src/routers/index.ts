@@ -33,7 +33,12 @@ export interface RunningRouters {
   close(): Promise<void>;
 }
 
-export async function startRouters(config: RoutersConfig, broker: Broker, log: Logger): Promise<RunningRouters> {
+/** Where verification outcomes are counted for /metrics. */
+export interface RouterMetrics {
+  routerVerification(router: string, result: 'ok' | 'failed'): void;
+}
+
+export async function startRouters(config: RoutersConfig, broker: Broker, log: Logger, metrics?: RouterMetrics): Promise<RunningRouters> {
   const counts: RouterCounts = {};
   const host: RouterHost = {
     publish: (topic, headers, body) => broker.publish(topic, headers, body),
@@ -41,6 +46,8 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
     count(event, router) {
       const c = (counts[router] ??= { verified: 0, failed: 0, duplicate: 0, published: 0 });
       c[event]++;
+      if (event === 'verified') metrics?.routerVerification(router, 'ok');
+      else if (event === 'failed') metrics?.routerVerification(router, 'failed');
     },
   };
   const names = [...new Set(config.routers)];

@@ -1,0 +1,272 @@
+/**
+ * Limits for running on the public internet: publishes per second per client
+ * address (token bucket), concurrent subscribers per client address, and
+ * subscriptions per server. Every refusal carries a Retry-After so a
+ * well-behaved client knows when to come back.
+ *
+ * Memory stays bounded: idle rate buckets are swept (a bucket that has refilled
+ * is the same as no bucket), the bucket map has a hard cap, and per-address
+ * subscriber counts are deleted when they reach zero.
+ */
+import type { IncomingMessage } from 'node:http';
+import { BlockList, isIP, isIPv6 } from 'node:net';
+
+export interface LimitsConfig {
+  /** Publishes per second per client address; 0 disables. */
+  rateLimit: number;
+  /** Publishes a client may make at once before the per-second rate applies. */
+  rateLimitBurst: number;
+  /** Concurrent subscribers (WebSocket + SSE) per client address; 0 disables. */
+  maxSubscribersPerIp: number;
+  /** Concurrent subscriptions on this server; 0 disables. */
+  maxSubscriptions: number;
+  /**
+   * Proxies in front of the server whose `X-Forwarded-For` entries are trusted;
+   * 0 uses the socket address and ignores the header.
+   */
+  trustProxy: number;
+  /**
+   * Client addresses (or CIDR ranges) the per-address limits never apply to.
+   * Loopback by default: a reverse proxy on the same host, without
+   * --trust-proxy, would otherwise put every client in one bucket.
+   */
+  limitExempt: string[];
+}
+
+export const LIMIT_DEFAULTS = {
+  rateLimit: 100,
+  maxSubscribersPerIp: 200,
+  maxSubscriptions: 10_000,
+  trustProxy: 0,
+  limitExempt: ['127.0.0.0/8', '::1/128'],
+} as const;
+
+/**
+ * Parses `--limit-exempt` entries (an address, or address/prefix) into a
+ * BlockList; throws an Error naming the bad entry.
+ */
+export function exemptList(entries: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of entries) {
+    const [address, prefix, extra] = entry.split('/');
+    const family = isIP(address);
+    const bits = prefix === undefined ? (family === 6 ? 128 : 32) : Number(prefix);
+    if (family === 0 || extra !== undefined || !/^\d{0,3}$/.test(prefix ?? '') || !(bits >= 0 && bits <= (family === 6 ? 128 : 32))) {
+      throw new Error(`${JSON.stringify(entry)} is not an IP address or CIDR range such as 10.0.0.0/8 or ::1`);
+    }
+    list.addSubnet(address, bits, family === 6 ? 'ipv6' : 'ipv4');
+  }
+  return list;
+}
+
+/** Seconds a refused subscriber is told to wait: a slot frees only when someone disconnects. */
+export const SUBSCRIBER_RETRY_AFTER = 5;
+
+/**
+ * The client address a request is accounted to.
+ *
+ * With `trustProxy` = n, the n-th `X-Forwarded-For` entry from the right is
+ * used: each trusted proxy appends the address it received the request from,
+ * so entries to the left of those are whatever the client chose to send and
+ * are never trusted. With fewer entries than n, the left-most one is used.
+ */
+export function clientAddress(req: IncomingMessage, trustProxy: number): string {
+  let addr = req.socket.remoteAddress ?? 'unknown';
+  if (trustProxy > 0) {
+    const header = req.headers['x-forwarded-for'];
+    const value = Array.isArray(header) ? header.join(',') : header;
+    if (value) {
+      const entries = value.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+      if (entries.length > 0) addr = entries[Math.max(0, entries.length - trustProxy)];
+    }
+  }
+  return normalizeAddress(addr);
+}
+
+/** Strips what proxies and dual-stack sockets add: `::ffff:` on IPv4, brackets, ports. */
+export function normalizeAddress(addr: string): string {
+  if (addr.startsWith('::ffff:') && addr.includes('.')) return addr.slice(7);
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(addr);
+  if (bracketed) return bracketed[1];
+  if (/^\d+\.\d+\.\d+\.\d+:\d+$/.test(addr)) return addr.slice(0, addr.lastIndexOf(':'));
+  return addr.slice(0, 64);
+}
+
+/**
+ * What limits are keyed by: an IPv4 address, or the /64 network of an IPv6
+ * address (one host usually holds a whole /64, so per-address limits on IPv6
+ * would be free to dodge).
+ */
+export function addressKey(addr: string): string {
+  if (!isIPv6(addr)) return addr;
+  return expandIPv6(addr).slice(0, 4).join(':') + '::/64';
+}
+
+function expandIPv6(addr: string): string[] {
+  const zone = addr.indexOf('%');
+  if (zone !== -1) addr = addr.slice(0, zone);
+  const [head, tail] = addr.includes('::') ? addr.split('::') : [addr, undefined];
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  // An embedded IPv4 tail counts as two groups.
+  const size = (parts: string[]) => parts.reduce((n, p) => n + (p.includes('.') ? 2 : 1), 0);
+  const fill = tail === undefined ? [] : new Array<string>(Math.max(0, 8 - size(left) - size(right))).fill('0');
+  return [...left, ...fill, ...right].map((g) => (g.includes('.') ? g : (parseInt(g, 16) || 0).toString(16)));
+}
+
+interface Bucket {
+  tokens: number;
+  last: number;
+}
+
+/** Buckets kept at most; past this the least recently used are dropped (they only forget a debt). */
+const MAX_BUCKETS = 100_000;
+const SWEEP_EVERY_MS = 10_000;
+
+/** A token bucket per key: `rate` tokens per second, holding at most `burst`. */
+export class RateLimiter {
+  readonly rate: number;
+  readonly burst: number;
+  readonly #buckets = new Map<string, Bucket>();
+  readonly #maxBuckets: number;
+  #lastSweep = 0;
+
+  constructor(rate: number, burst = rate, maxBuckets = MAX_BUCKETS) {
+    this.rate = rate;
+    this.burst = Math.max(1, burst);
+    this.#maxBuckets = maxBuckets;
+  }
+
+  get size(): number {
+    return this.#buckets.size;
+  }
+
+  /** Takes one token for `key`: 0 if allowed, otherwise the whole seconds to wait. */
+  take(key: string, now = performance.now()): number {
+    if (now - this.#lastSweep > SWEEP_EVERY_MS) this.sweep(now);
+    let bucket = this.#buckets.get(key);
+    if (bucket) {
+      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.last) / 1000) * this.rate);
+      bucket.last = now;
+      // Re-inserted so the map's order is least recently used first.
+      this.#buckets.delete(key);
+    } else {
+      bucket = { tokens: this.burst, last: now };
+      if (this.#buckets.size >= this.#maxBuckets) this.#buckets.delete(this.#buckets.keys().next().value as string);
+    }
+    this.#buckets.set(key, bucket);
+    if (bucket.tokens >= 1) {
+      bucket.tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil((1 - bucket.tokens) / this.rate));
+  }
+
+  /** Drops buckets that have refilled: they hold no state worth keeping. */
+  sweep(now = performance.now()): void {
+    this.#lastSweep = now;
+    const full = (this.burst * 1000) / this.rate;
+    for (const [key, b] of this.#buckets) {
+      if (now - b.last >= full) this.#buckets.delete(key);
+    }
+  }
+}
+
+export type Admission =
+  | { ok: true; release: () => void }
+  | { ok: false; status: 429 | 503; retryAfter: number; message: string };
+
+export interface PublishRefusal {
+  status: 429;
+  retryAfter: number;
+  message: string;
+}
+
+/** The server's limits, shared by the HTTP (publish, SSE) and WebSocket transports. */
+export class Limits {
+  readonly config: LimitsConfig;
+  readonly #rate: RateLimiter | undefined;
+  readonly #exempt: BlockList;
+  readonly #perAddress = new Map<string, number>();
+  #subscriptions = 0;
+
+  constructor(config: LimitsConfig) {
+    this.config = config;
+    this.#rate = config.rateLimit > 0 ? new RateLimiter(config.rateLimit, config.rateLimitBurst) : undefined;
+    this.#exempt = exemptList(config.limitExempt);
+  }
+
+  /** Concurrent subscribers admitted and not yet released. */
+  get subscriptions(): number {
+    return this.#subscriptions;
+  }
+
+  /** Addresses holding at least one subscriber (bounded by connections). */
+  get subscriberAddresses(): number {
+    return this.#perAddress.size;
+  }
+
+  get rateBuckets(): number {
+    return this.#rate?.size ?? 0;
+  }
+
+  /** The key a request's per-address limits are counted under; undefined when its client is exempt. */
+  address(req: IncomingMessage): string | undefined {
+    const addr = clientAddress(req, this.config.trustProxy);
+    const family = isIP(addr);
+    if (family !== 0 && this.#exempt.check(addr, family === 6 ? 'ipv6' : 'ipv4')) return undefined;
+    return addressKey(addr);
+  }
+
+  /** Counts one publish against its client's rate; undefined when it may go ahead. */
+  publish(req: IncomingMessage): PublishRefusal | undefined {
+    const rate = this.#rate;
+    if (!rate) return undefined;
+    const key = this.address(req);
+    if (key === undefined) return undefined;
+    const wait = rate.take(key);
+    if (wait === 0) return undefined;
+    return { status: 429, retryAfter: wait, message: `429 Too Many Requests: this address is over the publish rate limit of ${rate.rate} per second (--rate-limit, burst ${rate.burst})` };
+  }
+
+  /**
+   * Admits one subscriber, or says why not. The caller must call `release`
+   * exactly when the subscriber's connection ends (calling it twice is harmless).
+   */
+  admitSubscriber(req: IncomingMessage): Admission {
+    const { maxSubscriptions, maxSubscribersPerIp } = this.config;
+    if (maxSubscriptions > 0 && this.#subscriptions >= maxSubscriptions) {
+      return {
+        ok: false,
+        status: 503,
+        retryAfter: SUBSCRIBER_RETRY_AFTER,
+        message: `503 Service Unavailable: this server already holds its maximum of ${maxSubscriptions} subscriptions (--max-subscriptions)`,
+      };
+    }
+    const key = maxSubscribersPerIp > 0 ? this.address(req) : undefined;
+    const held = key === undefined ? 0 : (this.#perAddress.get(key) ?? 0);
+    if (key !== undefined && held >= maxSubscribersPerIp) {
+      return {
+        ok: false,
+        status: 429,
+        retryAfter: SUBSCRIBER_RETRY_AFTER,
+        message: `429 Too Many Requests: this address already holds ${held} subscribers (--max-subscribers-per-ip ${maxSubscribersPerIp})`,
+      };
+    }
+    if (key !== undefined) this.#perAddress.set(key, held + 1);
+    this.#subscriptions++;
+    let released = false;
+    return {
+      ok: true,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.#subscriptions--;
+        if (key === undefined) return;
+        const n = (this.#perAddress.get(key) ?? 1) - 1;
+        if (n <= 0) this.#perAddress.delete(key);
+        else this.#perAddress.set(key, n);
+      },
+    };
+  }
+}
