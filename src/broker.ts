@@ -87,6 +87,19 @@ export class Broker {
   }
 
   /**
+   * publish() that answers synchronously when the backend can (in memory), so
+   * the HTTP hot path needs no promise; otherwise the same promise.
+   * Throws (sync case) or rejects exactly as publish() rejects.
+   */
+  publishNow(topic: string, headers: Headers, body: Buffer): Message | Promise<Message> {
+    const backend = this.#backend;
+    if (!backend.publishSync) return this.publish(topic, headers, body);
+    const message = backend.publishSync(topic, headers, body);
+    this.stats.publishes++;
+    return message;
+  }
+
+  /**
    * Adds a subscriber. With `since`, first replays retained messages after that
    * id: live messages arriving meanwhile are held back and sent after the
    * replay, minus any the replay already covered, so the switch to live has no

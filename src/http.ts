@@ -10,10 +10,13 @@ import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, t
 import { ENVELOPES } from './envelopes.js';
 import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from './inspector.js';
 import type { SseTransport } from './sse.js';
+import { Message } from './message.js';
 import { parseEndpoint, PathError, type Endpoint } from './topics.js';
 
 const TEXT = 'text/plain; charset=utf-8';
-const OK = Buffer.from('OK\n');
+// A string body lets node send status line, headers and body in one write.
+const OK = 'OK\n';
+const NO_QUERY: URLSearchParams = new URLSearchParams();
 
 function reply(res: ServerResponse, status: number, body: string, headers: Record<string, string> = {}): void {
   if (res.headersSent) return void res.destroy();
@@ -54,7 +57,7 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
     } catch (err) {
       return reply(res, 400, `400 Bad Request: ${err instanceof PathError ? err.message : 'bad path'}`);
     }
-    const query = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
+    const query = q === -1 ? NO_QUERY : new URLSearchParams(url.slice(q + 1));
     const method = req.method ?? 'GET';
 
     if (endpoint.action === 'pub' || (endpoint.action === 'any' && method === 'POST')) {
@@ -140,22 +143,28 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
     const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
     const headers = keptHeaders(req.headers, ctx.config.keepHeaders);
     const body = envelope ? envelope(req.headers, raw) : raw;
-    ctx.broker.publish(endpoint.topic, headers, body).then(
-      (message) => {
-        metrics.publishAccepted(size, startedAt);
-        res.writeHead(200, { 'content-type': TEXT, 'content-length': OK.length, 'x-hookbot-message-id': message.id });
-        res.end(OK);
-      },
-      (err: Error) => {
-        if (err instanceof BackendUnavailableError) {
-          metrics.publishRejected('unavailable');
-          return reply(res, 503, `503 Service Unavailable: ${err.message}`, { 'retry-after': '1' });
-        }
-        metrics.publishRejected('error');
-        ctx.log.error({ topic: endpoint.topic, err: err.message }, 'publish failed');
-        reply(res, 500, '500 Internal Server Error: publish failed');
-      },
-    );
+    const accepted = (message: Message) => {
+      metrics.publishAccepted(size, startedAt);
+      res.writeHead(200, ['content-type', TEXT, 'content-length', '3', 'x-hookbot-message-id', message.id]);
+      res.end(OK);
+    };
+    const refused = (err: Error) => {
+      if (err instanceof BackendUnavailableError) {
+        metrics.publishRejected('unavailable');
+        return reply(res, 503, `503 Service Unavailable: ${err.message}`, { 'retry-after': '1' });
+      }
+      metrics.publishRejected('error');
+      ctx.log.error({ topic: endpoint.topic, err: err.message }, 'publish failed');
+      reply(res, 500, '500 Internal Server Error: publish failed');
+    };
+    let result: Message | Promise<Message>;
+    try {
+      result = ctx.broker.publishNow(endpoint.topic, headers, body);
+    } catch (err) {
+      return refused(err as Error);
+    }
+    if (result instanceof Message) accepted(result);
+    else result.then(accepted, refused);
   });
 }
 

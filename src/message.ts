@@ -20,8 +20,9 @@ export class Message {
   /** Milliseconds since the epoch when the message was accepted. */
   readonly time: number;
   // Encodings are made once per message and shared by every subscriber: a
-  // publish to 1000 subscribers must not serialise 1000 times.
-  #encoded: Map<string, unknown> | undefined;
+  // publish to 1000 subscribers must not serialise 1000 times. A message
+  // rarely needs more than one or two, so a flat key/value list beats a Map.
+  #encoded: unknown[] | undefined;
 
   constructor(id: string, topic: string, headers: Headers, body: Buffer, time = idTime(id)) {
     this.id = id;
@@ -33,12 +34,10 @@ export class Message {
 
   /** Memoise one encoding of this message under `key` (e.g. a WebSocket frame). */
   encoded<T>(key: string, make: (m: Message) => T): T {
-    const cache = (this.#encoded ??= new Map());
-    let value = cache.get(key) as T | undefined;
-    if (value === undefined) {
-      value = make(this);
-      cache.set(key, value);
-    }
+    const cache = (this.#encoded ??= []);
+    for (let i = 0; i < cache.length; i += 2) if (cache[i] === key) return cache[i + 1] as T;
+    const value = make(this);
+    cache.push(key, value);
     return value;
   }
 

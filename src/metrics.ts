@@ -8,7 +8,7 @@
  * are chosen by anonymous clients.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { Broker } from './broker.js';
 
 /** Why a publish was refused; a fixed set so the label stays bounded. */
@@ -32,8 +32,10 @@ export class Metrics {
   readonly #token: Buffer | undefined;
   readonly #accepted: Counter.Internal;
   readonly #rejected = new Map<RejectReason, Counter.Internal>();
-  readonly #bytesIn: Counter;
-  readonly #fanout: Histogram;
+  #acceptedCount = 0;
+  #acceptedSynced = 0;
+  #bytesInCount = 0;
+  readonly #fanout: PlainHistogram;
   readonly #refused: Counter<'transport' | 'reason'>;
   readonly #router: Counter<'router' | 'result'>;
   #bytesOut = 0;
@@ -63,11 +65,17 @@ export class Metrics {
       },
     });
 
+    const self = this;
     const publishes = new Counter({
       name: 'hookbot_publishes_total',
       help: 'Publish requests by result; rejected ones by reason.',
       labelNames: ['result', 'reason'],
       registers,
+      collect() {
+        // Accepted publishes are counted in a plain field on the hot path and synced here.
+        self.#accepted.inc(self.#acceptedCount - self.#acceptedSynced);
+        self.#acceptedSynced = self.#acceptedCount;
+      },
     });
     this.#accepted = publishes.labels({ result: 'accepted' });
     for (const reason of REJECT_REASONS) this.#rejected.set(reason, publishes.labels({ result: 'rejected', reason }));
@@ -75,7 +83,7 @@ export class Metrics {
     this.#accepted.inc(0);
     for (const child of this.#rejected.values()) child.inc(0);
 
-    this.#bytesIn = new Counter({ name: 'hookbot_publish_bytes_total', help: 'Body bytes of accepted publishes (as received).', registers });
+    scraped(registers, 'hookbot_publish_bytes_total', 'Body bytes of accepted publishes (as received).', () => this.#bytesInCount);
 
     scraped(registers, 'hookbot_deliveries_total', 'Messages handed to subscribers (live and replayed from history).', () => broker.stats.deliveries);
     scraped(registers, 'hookbot_delivery_bytes_total', 'Body bytes of live deliveries: body size × matching subscribers (framing and replays not counted).', () => this.#bytesOut);
@@ -101,12 +109,12 @@ export class Metrics {
       registers,
     });
 
-    this.#fanout = new Histogram({
-      name: 'hookbot_publish_fanout_seconds',
-      help: 'From the start of a publish request to the message handed to every subscriber on this node.',
-      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
-      registers,
-    });
+    this.#fanout = new PlainHistogram(
+      'hookbot_publish_fanout_seconds',
+      'From the start of a publish request to the message handed to every subscriber on this node.',
+      [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
+    );
+    this.registry.registerMetric(this.#fanout as unknown as Parameters<Registry['registerMetric']>[0]);
 
     // One backend read fills all three history gauges; each gauge waits for it, and concurrent scrapes share it.
     const history = { messages: 0, bytes: 0, topics: 0 };
@@ -160,8 +168,8 @@ export class Metrics {
 
   /** An accepted publish: `bytes` as received, `startedAt` from performance.now() at the request's start. */
   publishAccepted(bytes: number, startedAt: number): void {
-    this.#accepted.inc();
-    this.#bytesIn.inc(bytes);
+    this.#acceptedCount++;
+    this.#bytesInCount += bytes;
     this.#fanout.observe((performance.now() - startedAt) / 1000);
   }
 
@@ -211,4 +219,58 @@ function scraped(registers: Registry[], name: string, help: string, read: () => 
       this.inc(read());
     },
   });
+}
+
+/**
+ * A Prometheus histogram kept in a plain array: observe() is a short loop
+ * over the bounds, with no label hashing, because it runs on every publish.
+ * Registered on a prom-client Registry as a custom metric (name/help/type/get).
+ */
+class PlainHistogram {
+  readonly name: string;
+  readonly help: string;
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  readonly #bounds: number[];
+  readonly #counts: Float64Array;
+  #sum = 0;
+  #count = 0;
+
+  constructor(name: string, help: string, bounds: number[]) {
+    this.name = name;
+    this.help = help;
+    this.#bounds = bounds;
+    this.#counts = new Float64Array(bounds.length);
+  }
+
+  observe(value: number): void {
+    const bounds = this.#bounds;
+    for (let i = 0; i < bounds.length; i++) {
+      if (value <= bounds[i]) {
+        this.#counts[i]++;
+        break;
+      }
+    }
+    this.#sum += value;
+    this.#count++;
+  }
+
+  get(): { name: string; help: string; type: string; aggregator: string; values: Array<{ labels: Record<string, string | number>; value: number; metricName: string }> } {
+    const values: Array<{ labels: Record<string, string | number>; value: number; metricName: string }> = [];
+    let cumulative = 0;
+    for (let i = 0; i < this.#bounds.length; i++) {
+      cumulative += this.#counts[i];
+      values.push({ labels: { le: this.#bounds[i] }, value: cumulative, metricName: `${this.name}_bucket` });
+    }
+    values.push({ labels: { le: '+Inf' }, value: this.#count, metricName: `${this.name}_bucket` });
+    values.push({ labels: {}, value: this.#sum, metricName: `${this.name}_sum` });
+    values.push({ labels: {}, value: this.#count, metricName: `${this.name}_count` });
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  reset(): void {
+    this.#counts.fill(0);
+    this.#sum = 0;
+    this.#count = 0;
+  }
 }

@@ -32,9 +32,14 @@ function withoutPrefix(path: string): string {
  */
 export function presentedToken(authorization: string | undefined): string | undefined {
   if (!authorization) return undefined;
-  const fields = authorization.trim().split(/\s+/);
-  if (fields.length !== 2) return undefined;
-  const [scheme, value] = fields;
+  // Exactly two whitespace-separated fields, as the original's strings.Fields check.
+  // Parsed by hand: this runs on every publish.
+  const text = authorization.trim();
+  const space = text.search(/\s/);
+  if (space === -1) return undefined;
+  const scheme = text.slice(0, space);
+  const value = text.slice(space + 1).trimStart();
+  if (value === '' || /\s/.test(value)) return undefined;
   switch (scheme.toLowerCase()) {
     case 'bearer':
       return value;
