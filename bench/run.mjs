@@ -20,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KEY = 'benchkey';
-const ALL = ['fanout', 'pubrate', 'idle', 'topics', 'twonode'];
+const ALL = ['fanout', 'fanout8', 'pubrate', 'idle', 'topics', 'twonode'];
 
 // ---------------------------------------------------------------- options
 
@@ -36,7 +36,7 @@ const hookbotIsFloor = argv.includes('--hookbot-is-floor');
 const roundsIdx = argv.indexOf('--rounds');
 const roundsFlag = roundsIdx !== -1 ? Math.max(1, Number(argv[roundsIdx + 1]) || 1) : undefined;
 // Rounds per side; the reported figure is the median. Cheap scenarios get more.
-const DEFAULT_ROUNDS = { fanout: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
+const DEFAULT_ROUNDS = { fanout: 3, fanout8: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
 const roundsFor = (scenario) => (scenario === 'idle' ? 1 : roundsFlag ?? (quick ? 1 : DEFAULT_ROUNDS[scenario]));
 const selected = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--rounds');
 for (const s of selected) {
@@ -50,6 +50,7 @@ const scenarios = selected.length ? ALL.filter((s) => selected.includes(s)) : AL
 const SIZES = quick
   ? {
       fanout: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 1 },
+      fanout8: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 8 },
       pubrate: { publishes: 3000, bytes: 256, concurrency: 32, warmup: 500, subscribers: 1 },
       idle: { connections: 1000 },
       topics: { many: 1000, few: 100, recursive: 10, publishes: 2000, warmup: 300, bytes: 256, concurrency: 32 },
@@ -57,6 +58,8 @@ const SIZES = quick
     }
   : {
       fanout: { subscribers: 1000, messages: 500, bytes: 1024, warmup: 20, concurrency: 1 },
+      // The same load with 8 publishes in flight, as when a burst of webhooks arrives.
+      fanout8: { subscribers: 1000, messages: 500, bytes: 1024, warmup: 20, concurrency: 8 },
       pubrate: { publishes: 20000, bytes: 256, concurrency: 32, warmup: 2000, subscribers: 1 },
       idle: { connections: 5000 },
       topics: { many: 10000, few: 100, recursive: 10, publishes: 10000, warmup: 1000, bytes: 256, concurrency: 32 },
@@ -822,8 +825,8 @@ async function main() {
     const started = Date.now();
     const how = { twonode: 'single node and two nodes interleaved', idle: 'hookbot, then floor' }[scenario];
     progress(`${scenario}: ${n} round(s), ${how ?? 'hookbot and floor interleaved'}`);
-    if (scenario === 'fanout') {
-      const cfg = SIZES.fanout;
+    if (scenario === 'fanout' || scenario === 'fanout8') {
+      const cfg = SIZES[scenario];
       const r = await compare(
         [
           { label: 'hookbot', open: () => fanoutSession([{ kind: 'hookbot' }], cfg) },
@@ -831,10 +834,10 @@ async function main() {
         ],
         n,
       );
-      const h = line('fanout', 'hookbot', r.hookbot, started);
-      const f = line('fanout', 'floor', r.floor, started);
-      ratios.push(ratioLine('fanout', 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery, TARGETS.fanoutCpu, '<='));
-      ratios.push(info('fanout', 'deliveries_per_s hookbot / floor', h.deliveries_per_s, f.deliveries_per_s));
+      const h = line(scenario, 'hookbot', r.hookbot, started);
+      const f = line(scenario, 'floor', r.floor, started);
+      ratios.push(ratioLine(scenario, 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery, TARGETS.fanoutCpu, '<='));
+      ratios.push(info(scenario, 'deliveries_per_s hookbot / floor', h.deliveries_per_s, f.deliveries_per_s));
     } else if (scenario === 'pubrate') {
       const cfg = SIZES.pubrate;
       const r = await compare(
