@@ -10,22 +10,6 @@ import { gitlabEnvelope } from './routers/gitlab.js';
 /** Gets the request's own headers: gitlab's Delivery is Idempotency-Key, which is not a kept header. */
 export type EnvelopeBuilder = (headers: Readonly<Record<string, string | string[] | undefined>>, body: Buffer) => Buffer;
 
-/** JSON string literal escaped as Go's encoding/json does by default. */
-export function goJsonString(value: string): string {
-  return JSON.stringify(value)
-    .replace(/</g, '\\u003c')
-    .replace(/>/g, '\\u003e')
-    .replace(/&/g, '\\u0026')
-    .replace(/\u2028/g, '\\u2028')
-    .replace(/\u2029/g, '\\u2029');
-}
-
-/** A JSON object from string fields, keys sorted as Go sorts map keys. */
-export function goJsonObject(fields: Record<string, string>): Buffer {
-  const keys = Object.keys(fields).sort();
-  return Buffer.from('{' + keys.map((k) => `${goJsonString(k)}:${goJsonString(fields[k])}`).join(',') + '}');
-}
-
 // The routers own their envelope formats (and read them back).
 export { githubEnvelope, gitlabEnvelope };
 

@@ -23,6 +23,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Subscriber } from './broker.js';
 import { parseSince, type Context } from './context.js';
 import { isMessageId, isUtf8Text, type Message } from './message.js';
+import { Outbox } from './outbox.js';
 import type { Endpoint } from './topics.js';
 
 const CR = 0x0d;
@@ -47,15 +48,6 @@ function gapEvent(since: string): Buffer {
   return Buffer.from(`event: gap\ndata: ${JSON.stringify({ since })}\n\n`);
 }
 
-// Subscribers written to in this turn; uncorked together once the turn's I/O callbacks are done,
-// so a replay or a burst of publishes leaves in few packets.
-let corked: SseSubscriber[] = [];
-function flushCorked(): void {
-  const subs = corked;
-  corked = [];
-  for (const s of subs) s.uncork();
-}
-
 export interface SseStats {
   connected: number;
   slowDisconnects: number;
@@ -64,71 +56,40 @@ export interface SseStats {
 class SseSubscriber implements Subscriber {
   readonly topic: string;
   readonly res: ServerResponse;
-  readonly #maxBuffer: number;
-  readonly #onSlow: (sub: SseSubscriber) => void;
-  #corked = false;
-  /** Until live(): history is paced by drained() rather than limited by the buffer check. */
-  #replaying = true;
-  closed = false;
+  readonly #out: Outbox;
 
   constructor(res: ServerResponse, topic: string, maxBuffer: number, onSlow: (sub: SseSubscriber) => void) {
     this.res = res;
     this.topic = topic;
-    this.#maxBuffer = maxBuffer;
-    this.#onSlow = onSlow;
+    this.#out = new Outbox(res, maxBuffer, () => onSlow(this), () => res.socket);
+  }
+
+  get closed(): boolean {
+    return this.#out.closed;
+  }
+
+  set closed(value: boolean) {
+    this.#out.closed = value;
   }
 
   send(message: Message): void {
-    this.write(message.encoded('sse', sseEvent));
+    this.#out.write(message.encoded('sse', sseEvent));
   }
 
   gap(since: string): void {
-    this.write(gapEvent(since));
+    this.#out.write(gapEvent(since));
   }
 
   live(): void {
-    this.#replaying = false;
+    this.#out.live();
   }
 
   drained(): Promise<void> | undefined {
-    const socket = this.res.socket;
-    if (this.closed || !socket) return undefined;
-    // At or above the high-water mark the last write returned false, so 'drain' is sure to come.
-    const threshold = Math.max(this.#maxBuffer / 2, socket.writableHighWaterMark);
-    if (socket.writableLength < threshold) return undefined;
-    return new Promise((resolve) => {
-      const done = () => {
-        socket.off('drain', done);
-        socket.off('close', done);
-        resolve();
-      };
-      socket.on('drain', done);
-      socket.on('close', done);
-    });
+    return this.#out.drained();
   }
 
   write(data: Buffer): void {
-    if (this.closed) return;
-    const res = this.res;
-    const queued = res.writableLength;
-    // A message larger than the whole buffer still goes to a subscriber that is keeping up.
-    if (!this.#replaying && queued > 0 && queued + data.length > this.#maxBuffer) {
-      this.closed = true;
-      this.#onSlow(this);
-      return;
-    }
-    if (!this.#corked) {
-      this.#corked = true;
-      res.cork();
-      if (corked.length === 0) setImmediate(flushCorked);
-      corked.push(this);
-    }
-    res.write(data);
-  }
-
-  uncork(): void {
-    this.#corked = false;
-    this.res.uncork();
+    this.#out.write(data);
   }
 
   /** Ends the stream; the socket is closed too, since an SSE connection is never reused. */

@@ -12,6 +12,7 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Subscriber } from './broker.js';
+import { Outbox } from './outbox.js';
 import { parseSince, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from './context.js';
 import { isMessageId, type Message } from './message.js';
 import { isRecursive, parseEndpoint, PathError, type Endpoint } from './topics.js';
@@ -48,14 +49,6 @@ const rawFrame = (m: Message) => frame(m.body);
 const framedFrame = (m: Message) => frame(m.framed());
 const envelopeFrame = (m: Message) => frame(Buffer.from(JSON.stringify(m.toJSON())), OPCODE_TEXT);
 
-// Subscribers written to in this turn; uncorked together once the turn's I/O callbacks are done.
-let corked: WsSubscriber[] = [];
-function flushCorked(): void {
-  const subs = corked;
-  corked = [];
-  for (const s of subs) s.uncork();
-}
-
 export interface WsStats {
   connected: number;
   slowDisconnects: number;
@@ -64,23 +57,15 @@ export interface WsStats {
 class WsSubscriber implements Subscriber {
   readonly topic: string;
   readonly ws: WebSocket;
-  readonly #socket: Socket;
   readonly #key: string;
   readonly #make: (m: Message) => Buffer;
-  readonly #maxBuffer: number;
-  readonly #onSlow: (sub: WsSubscriber) => void;
-  #corked = false;
-  /** Until live(): history is paced by drained() rather than limited by the buffer check. */
-  #replaying = true;
+  readonly #out: Outbox;
   alive = true;
-  closed = false;
 
   constructor(ws: WebSocket, socket: Socket, topic: string, envelope: boolean, maxBuffer: number, onSlow: (sub: WsSubscriber) => void) {
     this.ws = ws;
-    this.#socket = socket;
     this.topic = topic;
-    this.#maxBuffer = maxBuffer;
-    this.#onSlow = onSlow;
+    this.#out = new Outbox(socket, maxBuffer, () => onSlow(this));
     if (envelope) {
       this.#key = 'ws:v1';
       this.#make = envelopeFrame;
@@ -93,56 +78,29 @@ class WsSubscriber implements Subscriber {
     }
   }
 
+  get closed(): boolean {
+    return this.#out.closed;
+  }
+
+  set closed(value: boolean) {
+    this.#out.closed = value;
+  }
+
   send(message: Message): void {
-    if (this.closed) return;
-    this.#write(message.encoded(this.#key, this.#make));
+    this.#out.write(message.encoded(this.#key, this.#make));
   }
 
   gap(since: string): void {
-    if (this.#key === 'ws:v1') this.#write(frame(Buffer.from(JSON.stringify({ type: 'gap', since })), OPCODE_TEXT));
+    if (this.#key === 'ws:v1') this.#out.write(frame(Buffer.from(JSON.stringify({ type: 'gap', since })), OPCODE_TEXT));
   }
 
   live(): void {
-    this.#replaying = false;
-    if (this.#key === 'ws:v1') this.#write(LIVE_FRAME);
+    this.#out.live();
+    if (this.#key === 'ws:v1') this.#out.write(LIVE_FRAME);
   }
 
   drained(): Promise<void> | undefined {
-    const socket = this.#socket;
-    // At or above the high-water mark the last write returned false, so 'drain' is sure to come.
-    if (this.closed || socket.writableLength < Math.max(this.#maxBuffer / 2, socket.writableHighWaterMark)) return undefined;
-    return new Promise((resolve) => {
-      const done = () => {
-        socket.off('drain', done);
-        socket.off('close', done);
-        resolve();
-      };
-      socket.on('drain', done);
-      socket.on('close', done);
-    });
-  }
-
-  #write(data: Buffer): void {
-    const socket = this.#socket;
-    const queued = socket.writableLength;
-    // A message larger than the whole buffer still goes to a subscriber that is keeping up.
-    if (!this.#replaying && queued > 0 && queued + data.length > this.#maxBuffer) {
-      this.closed = true;
-      this.#onSlow(this);
-      return;
-    }
-    if (!this.#corked) {
-      this.#corked = true;
-      socket.cork();
-      if (corked.length === 0) setImmediate(flushCorked);
-      corked.push(this);
-    }
-    socket.write(data);
-  }
-
-  uncork(): void {
-    this.#corked = false;
-    this.#socket.uncork();
+    return this.#out.drained();
   }
 }
 
