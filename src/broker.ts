@@ -143,27 +143,22 @@ export class Broker {
     // Unsubscribed while history was being read.
     if (this.#standIns.get(sub) !== standIn) return;
     if (history.gap) sub.gap?.(since);
-    for (const m of history.messages) {
+    // Sends once the subscriber has room; false if it unsubscribed meanwhile.
+    const sendPaced = async (m: Message): Promise<boolean> => {
       const wait = sub.drained?.();
       if (wait) {
         await wait;
-        if (this.#standIns.get(sub) !== standIn) return;
+        if (this.#standIns.get(sub) !== standIn) return false;
       }
       sub.send(m);
       last = m.id;
-    }
+      return true;
+    };
+    for (const m of history.messages) if (!(await sendPaced(m))) return;
     this.stats.deliveries += history.messages.length;
     // Live messages keep arriving in `pending` while this loop waits, hence the index.
     for (let i = 0; i < pending.length; i++) {
-      const m = pending[i];
-      if (compareIds(m.id, last) <= 0) continue;
-      const wait = sub.drained?.();
-      if (wait) {
-        await wait;
-        if (this.#standIns.get(sub) !== standIn) return;
-      }
-      sub.send(m);
-      last = m.id;
+      if (compareIds(pending[i].id, last) > 0 && !(await sendPaced(pending[i]))) return;
     }
     pending.length = 0;
     // No await between the last pending message and here, so nothing slips past.

@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
 import { checkRedisUrl } from './backends/redis.js';
-import { exemptList, LIMIT_DEFAULTS } from './limits.js';
+import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './limits.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -20,7 +20,8 @@ export interface Bind {
   port: number;
 }
 
-export interface Config {
+/** Every serve option, validated; the limits' fields are LimitsConfig's. */
+export interface Config extends LimitsConfig {
   bind: Bind;
   /** Current key first, then previous keys still accepted for verification. */
   keys: string[];
@@ -49,17 +50,6 @@ export interface Config {
   dedupeWindowMs: number;
   /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
   metricsToken?: string;
-  /** Publishes per second per client address (0 disables), and the burst allowed on top. */
-  rateLimit: number;
-  rateLimitBurst: number;
-  /** Concurrent subscribers per client address (0 disables). */
-  maxSubscribersPerIp: number;
-  /** Concurrent subscriptions on this server (0 disables). */
-  maxSubscriptions: number;
-  /** Trusted proxy hops in front of the server; 0 ignores X-Forwarded-For. */
-  trustProxy: number;
-  /** Client addresses/CIDRs the per-address limits skip (default: loopback). */
-  limitExempt: string[];
 }
 
 export const DEFAULTS = {
