@@ -45,7 +45,7 @@ export function buildProgram(): Command {
     .option('--history-bytes <size>', 'body bytes kept per topic', '8MiB')
     .option('--history-age <duration>', 'how long a message is kept', '24h')
     .option('--history-total-bytes <size>', 'body bytes kept across all topics', '256MiB')
-    .option('--redis <url>', 'cluster mode: keep history and fan out through this Redis, redis[s]://[:password@]host:port[/db] (env HOOKBOT_REDIS_URL)')
+    .option('--redis <url>', 'cluster mode: keep history and fan out through Redis: redis[s]://[:password@]host:port[/db], redis[s]-sentinel://host:26379[,host...]/<master>[/db] or redis[s]-cluster://host:port[,host...] (env HOOKBOT_REDIS_URL)')
     .option('--ping-interval <duration>', 'ping subscribers this often; no pong by the next ping disconnects', '30s')
     .option('--sse-heartbeat <duration>', 'send Server-Sent Events subscribers a `: ping` comment this often', '15s')
     .option('--stats-interval <duration>', 'how often the stats line is logged', '60s')

@@ -3,7 +3,8 @@
  * node behind a load balancer sees the same messages in the same order.
  *
  * Layout (all keys share the hash tag `{<ns>}` so the Lua scripts touch one
- * slot and also work on Redis Cluster):
+ * slot and also work on Redis Cluster; keys built inside the scripts, such as
+ * a topic's index, carry the same leading tag):
  *   {ns}:lastid        the last id handed out, for every topic and node
  *   {ns}:log           stream of every retained message (topic, headers, body, time);
  *                      the one copy of each body, read for recursive replay and catch-up
@@ -36,7 +37,9 @@
  *   resumes on long-gone topics still learn about gaps; it is not bounded.
  * - All nodes must run with the same retention settings.
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import type { EventEmitter } from 'node:events';
+import type { Redis, RedisOptions } from 'ioredis';
+import { checkRedisUrl, connectRedis, type RedisConnection } from './redis-connect.js';
 import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
 import { compareIds, Message, type Headers } from '../message.js';
 
@@ -215,7 +218,7 @@ return {redis.call('HGET', TRIMMED, topic) or '', cut, out}
 `;
 
 type Arg = string | Buffer | number;
-type ScriptedRedis = Redis & {
+type ScriptedRedis = RedisConnection & {
   hookbotPublish(...args: Arg[]): Promise<[string, string]>;
   hookbotExpire(...args: Arg[]): Promise<number>;
   hookbotHistoryBuffer(...args: Arg[]): Promise<[Buffer, number, LogEntry[]]>;
@@ -256,6 +259,8 @@ export class RedisBackend implements Backend {
     this.#catchUpCount = options.catchUpCount ?? 1000;
     this.#catchUpAgeMs = options.catchUpAgeMs ?? 60_000;
     const ns = options.namespace ?? 'hookbot';
+    // The namespace is the hash tag: braces in it would move keys to other Cluster slots.
+    if (!/^[^{}]+$/.test(ns)) throw new Error(`Redis namespace must be non-empty and contain no braces, got ${JSON.stringify(ns)}`);
     const tag = `{${ns}}`;
     this.#keys = {
       log: `${tag}:log`,
@@ -280,8 +285,8 @@ export class RedisBackend implements Backend {
       retryStrategy: (times) => Math.min(minDelay * 2 ** Math.min(times - 1, 10), maxDelay) * (0.75 + Math.random() / 2),
       lazyConnect: false,
     };
-    this.#cmd = new Redis(url, { ...common, commandTimeout: options.commandTimeoutMs ?? 3000, connectionName: `${ns}-cmd` }) as ScriptedRedis;
-    this.#sub = new Redis(url, { ...common, autoResubscribe: false, connectionName: `${ns}-sub` });
+    this.#cmd = connectRedis(url, { ...common, commandTimeout: options.commandTimeoutMs ?? 3000, connectionName: `${ns}-cmd` }) as ScriptedRedis;
+    this.#sub = connectRedis(url, { ...common, autoResubscribe: false, connectionName: `${ns}-sub` }, 'subscriber', this.#cmd);
     this.#cmd.defineCommand('hookbotPublish', { numberOfKeys: 7, lua: LUA_PUBLISH });
     this.#cmd.defineCommand('hookbotExpire', { numberOfKeys: 5, lua: LUA_EXPIRE });
     this.#cmd.defineCommand('hookbotHistory', { numberOfKeys: 6, lua: LUA_HISTORY });
@@ -290,13 +295,14 @@ export class RedisBackend implements Backend {
       this.#live = false;
       this.#generation++;
     });
-    for (const [role, conn] of [['command', this.#cmd], ['subscriber', this.#sub]] as const) {
+    // Both are EventEmitters; TypeScript cannot call `on` on the Redis | Cluster union directly.
+    for (const [role, conn] of [['command', this.#cmd], ['subscriber', this.#sub]] as Array<[string, EventEmitter]>) {
       // ioredis emits 'error' on every failed reconnect; log it without the URL (it may hold a password).
       conn.on('error', (err: Error) => this.#log.debug({ role, err: err.message }, 'redis connection error'));
       conn.on('close', () => this.#updateReady());
       conn.on('end', () => this.#updateReady());
     }
-    this.#cmd.on('ready', () => this.#updateReady());
+    (this.#cmd as EventEmitter).on('ready', () => this.#updateReady());
     this.#sub.on('ready', () => void this.#resubscribe());
     this.#sub.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.#onPubSub(channel, payload));
 
@@ -582,7 +588,7 @@ export class RedisBackend implements Backend {
   }
 }
 
-async function quit(conn: Redis): Promise<void> {
+async function quit(conn: RedisConnection): Promise<void> {
   if (conn.status === 'ready') {
     try {
       await conn.quit();
@@ -594,23 +600,7 @@ async function quit(conn: Redis): Promise<void> {
   conn.disconnect(false);
 }
 
-/** Throws (without echoing the password) unless `url` is a redis:// or rediss:// URL ioredis can use. */
-export function checkRedisUrl(url: string): void {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new Error('invalid Redis URL: expected redis://[user:password@]host[:port][/db] or rediss://...');
-  }
-  const shown = `${u.protocol}//${u.host}${u.pathname}`;
-  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') {
-    throw new Error(`invalid Redis URL ${shown}: scheme must be redis:// or rediss://`);
-  }
-  if (!u.hostname) throw new Error(`invalid Redis URL ${shown}: host missing`);
-  if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d+$/.test(u.pathname)) {
-    throw new Error(`invalid Redis URL ${shown}: path must be a database number, like /0`);
-  }
-}
+export { checkRedisUrl };
 
 function fieldOf(fields: Buffer[], name: string): Buffer | undefined {
   for (let i = 0; i < fields.length; i += 2) if (fields[i].toString() === name) return fields[i + 1];

@@ -2,7 +2,7 @@
  * Starts the configured in-server routers on a broker: each is subscribed to
  * its recursive feed topic and re-publishes through broker.publish.
  */
-import { Redis } from 'ioredis';
+import { connectRedis, type RedisConnection } from '../backends/redis-connect.js';
 import type { Broker, Subscriber } from '../broker.js';
 import type { Logger } from '../log.js';
 import { RedisSeenStore } from './dedupe.js';
@@ -57,11 +57,11 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
     }
   }
   const routers: Router[] = [];
-  let redis: Redis | undefined;
+  let redis: RedisConnection | undefined;
   let seen: SeenStore | undefined;
   if (config.redisUrl && config.routers.length > 0) {
     // Fail fast rather than queue while Redis is away: a stalled claim would stall the router's feed.
-    redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 3000, connectionName: 'hookbot-routers' });
+    redis = connectRedis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 3000, connectionName: 'hookbot-routers' });
     redis.on('error', (err: Error) => log.debug({ err: err.message }, 'router dedupe Redis connection error'));
     seen = new RedisSeenStore(redis, config.dedupeWindowMs);
     const connected = redis;

@@ -1,0 +1,402 @@
+/**
+ * Redis Sentinel and Redis Cluster: real redis-server processes (a master and
+ * a sentinel; three cluster nodes joined by `redis-cli --cluster create`), the
+ * backend contract against the cluster, and a `hookbot serve` node through
+ * Sentinel (dist must be built).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_RETENTION, type Retention } from '../src/backends/backend.js';
+import { checkRedisUrl, RedisBackend } from '../src/backends/redis.js';
+import { parseRedisUrl } from '../src/backends/redis-connect.js';
+import { compareIds, type Message } from '../src/message.js';
+import { backendContract, waitFor } from './contract/backend.contract.js';
+import { bearer, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
+import { freePort, startRedis, type RedisServer } from './redis-server.js';
+
+const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
+const hasServer = has('redis-server', ['--version']);
+const hasCli = has('redis-cli', ['--version']);
+const noSentinel = hasServer ? undefined : 'redis-server is not on PATH (Debian package redis-server)';
+const noCluster = !hasServer ? noSentinel : !hasCli ? 'redis-cli is not on PATH (Debian package redis-tools)' : undefined;
+if (noSentinel) console.warn(`skipping Sentinel tests: ${noSentinel}`);
+if (noCluster) console.warn(`skipping Cluster tests: ${noCluster}`);
+
+const tmp = mkdtempSync(join(tmpdir(), 'hookbot-topologies-'));
+const procs: ChildProcess[] = [];
+
+afterAll(async () => {
+  await Promise.all(
+    procs.map(async (p) => {
+      if (p.exitCode !== null || p.signalCode !== null) return;
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGKILL');
+      await exited;
+    }),
+  );
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+/** Spawns a redis-server with `args` and waits until `port` answers PING. */
+async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
+  const proc = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: tmp });
+  procs.push(proc);
+  let stderr = '';
+  proc.stderr!.on('data', (d) => (stderr += d.toString()));
+  let exited: string | undefined;
+  proc.once('exit', (code, signal) => (exited = `redis-server ${args.join(' ')} exited (${code ?? signal}): ${stderr}`));
+  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50, enableOfflineQueue: true, maxRetriesPerRequest: null });
+  probe.on('error', () => {});
+  try {
+    const pong = probe.ping();
+    await waitFor(() => exited ?? Promise.race([pong, new Promise((r) => setTimeout(r, 50))]), 10_000, `redis on ${port}`);
+    if (exited) throw new Error(exited);
+  } finally {
+    probe.disconnect();
+  }
+  return proc;
+}
+
+function adminOf(port: number): Redis {
+  const r = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 });
+  r.on('error', () => {});
+  return r;
+}
+
+let namespaces = 0;
+
+describe('Redis URL forms', () => {
+  it('parses Sentinel and Cluster URLs', () => {
+    expect(parseRedisUrl('redis-sentinel://:p%40ss@10.0.0.1,10.0.0.2:26380/mymaster/3?sentinelPassword=sp')).toEqual({
+      kind: 'sentinel',
+      tls: false,
+      sentinels: [
+        { host: '10.0.0.1', port: 26379 },
+        { host: '10.0.0.2', port: 26380 },
+      ],
+      name: 'mymaster',
+      db: 3,
+      password: 'p@ss',
+      sentinelPassword: 'sp',
+    });
+    expect(parseRedisUrl('rediss-cluster://u:pw@[::1]:7000,redis-a.example:7001')).toEqual({
+      kind: 'cluster',
+      tls: true,
+      nodes: [
+        { host: '::1', port: 7000 },
+        { host: 'redis-a.example', port: 7001 },
+      ],
+      username: 'u',
+      password: 'pw',
+    });
+    expect(parseRedisUrl('redis://127.0.0.1:6379/2')).toEqual({ kind: 'standalone', url: 'redis://127.0.0.1:6379/2' });
+  });
+
+  it.each([
+    ['redis-sentinel://:s3cret@127.0.0.1:26379', /Sentinel master name/],
+    ['redis-sentinel://:s3cret@127.0.0.1:26379/m/x', /Sentinel master name/],
+    ['redis-sentinel://:s3cret@127.0.0.1:26379/m?password=s3cret', /unknown query parameter "password"/],
+    ['redis-cluster://:s3cret@127.0.0.1:7000/3', /only has database 0/],
+    ['redis-cluster://:s3cret@127.0.0.1:7000,,127.0.0.1:7001', /"" is not host\[:port\]/],
+    ['redis-cluster://:s3cret@127.0.0.1:99999', /port 99999 of 127.0.0.1 is not 1-65535/],
+    ['redis-cluster://:s3cret@/', /host missing/],
+    ['redis-cluster://:s3cret@127.0.0.1:7000?x=1', /takes no query parameters/],
+    ['redis+cluster://:s3cret@127.0.0.1', /scheme must be redis:\/\//],
+  ])('rejects %s without echoing the password', (url, message) => {
+    let err: Error | undefined;
+    try {
+      checkRedisUrl(url);
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err?.message).toMatch(/^invalid Redis URL/);
+    expect(err?.message).toMatch(message);
+    expect(err?.message).not.toContain('s3cret');
+  });
+});
+
+describe.skipIf(noSentinel)('Redis Sentinel', () => {
+  let master: RedisServer;
+  let sentinelPort: number;
+  let url: string;
+  const open: RedisBackend[] = [];
+
+  beforeAll(async () => {
+    master = await startRedis();
+    sentinelPort = await freePort();
+    const conf = join(tmp, `sentinel-${sentinelPort}.conf`);
+    writeFileSync(
+      conf,
+      [
+        `port ${sentinelPort}`,
+        'bind 127.0.0.1',
+        `dir ${tmp}`,
+        `sentinel monitor mymaster 127.0.0.1 ${master.port} 1`,
+        'sentinel down-after-milliseconds mymaster 1000',
+        '',
+      ].join('\n'),
+    );
+    await spawnRedis(sentinelPort, [conf, '--sentinel']);
+    const admin = adminOf(sentinelPort);
+    try {
+      await waitFor(async () => {
+        const addr = (await admin.call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', 'mymaster')) as string[] | null;
+        return addr?.[1] === String(master.port);
+      }, 10_000, 'sentinel knows the master');
+    } finally {
+      admin.disconnect();
+    }
+    url = `redis-sentinel://127.0.0.1:${sentinelPort}/mymaster`;
+  });
+  afterAll(async () => {
+    await master?.stop('SIGKILL');
+  });
+  afterEach(async () => {
+    for (const b of open.splice(0)) await b.close();
+  });
+
+  it('finds the master through the sentinel: fan-out to two nodes and history', async () => {
+    const ns = `sentinel${++namespaces}`;
+    const nodes = await Promise.all(
+      [0, 1].map(async () => {
+        const backend = new RedisBackend(url, DEFAULT_RETENTION, undefined, { namespace: ns });
+        open.push(backend);
+        await backend.whenReady(10_000);
+        const received: Message[] = [];
+        backend.setListener((m) => received.push(m));
+        return { backend, received };
+      }),
+    );
+    const sent: Message[] = [];
+    for (let i = 0; i < 20; i++) sent.push(await nodes[i % 2].backend.publish(`s/${i % 3}`, {}, Buffer.from(`m${i}`)));
+    await waitFor(() => nodes.every((n) => n.received.length >= 20), 5000, 'both nodes');
+    for (const n of nodes) expect(n.received.map((m) => m.id)).toEqual(sent.map((m) => m.id));
+    const h = await nodes[1].backend.history('s/1', sent[0].id);
+    expect(h.gap).toBe(false);
+    expect(h.messages.map((m) => m.body.toString())).toEqual(['m1', 'm4', 'm7', 'm10', 'm13', 'm16', 'm19']);
+    // The data really is on the master the sentinel named.
+    const direct = adminOf(master.port);
+    try {
+      expect(await direct.xlen(`{${ns}}:log`)).toBe(20);
+    } finally {
+      direct.disconnect();
+    }
+  });
+
+  it('serves through `hookbot serve --redis redis-sentinel://...`', async () => {
+    if (!existsSync(fileURLToPath(new URL('../dist/backends/redis-connect.js', import.meta.url)))) {
+      throw new Error('dist/ is not built: run `npx tsc -p .` (npm test does it) before this file');
+    }
+    const node: Proc & { url: string } = await startServeProcess(['--redis', `${url}/5`], { HOOKBOT_RATE_LIMIT: '0' });
+    try {
+      await waitFor(async () => (await fetch(`${node.url}/readyz`)).status === 200, 10_000, 'node ready');
+      const path = '/sub/sentinel/topic';
+      const ws = await wsConnect(node.url.replace(/^http/, 'ws') + path, { headers: bearer(path) });
+      const inbox = new Inbox(ws);
+      const pub = '/pub/sentinel/topic';
+      const res = await fetch(node.url + pub, { method: 'POST', body: 'via sentinel', headers: bearer(pub) });
+      expect(res.status).toBe(200);
+      const id = res.headers.get('x-hookbot-message-id')!;
+      const [m] = await inbox.waitFor(1);
+      expect(m.data.toString()).toBe('via sentinel');
+      ws.close();
+      // Resume from before it: history through the sentinel-found master.
+      const again = await wsConnect(node.url.replace(/^http/, 'ws') + `${path}?since=0`, { headers: bearer(path) });
+      const replay = new Inbox(again);
+      expect((await replay.waitFor(1))[0].data.toString()).toBe('via sentinel');
+      again.close();
+      const direct = adminOf(master.port);
+      try {
+        await direct.select(5);
+        expect((await direct.xrange('{hookbot}:log', '-', '+')).map((e) => e[0])).toEqual([id]);
+      } finally {
+        direct.disconnect();
+      }
+    } finally {
+      node.child.kill('SIGKILL');
+      await node.exit;
+    }
+  });
+});
+
+describe.skipIf(noCluster)('Redis Cluster', () => {
+  const ports: number[] = [];
+  const running = new Map<number, ChildProcess>();
+  let url: string;
+
+  // Restarted on the same port with the same nodes file, a node rejoins with its node id and slots.
+  const startNode = async (p: number) =>
+    running.set(
+      p,
+      await spawnRedis(p, [
+        '--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning',
+        '--cluster-enabled', 'yes', '--cluster-config-file', join(tmp, `nodes-${p}.conf`), '--cluster-node-timeout', '2000',
+      ]),
+    );
+
+  async function clusterOk(): Promise<void> {
+    const admins = ports.map(adminOf);
+    try {
+      await waitFor(async () => {
+        const infos = await Promise.all(admins.map((a) => (a.call('CLUSTER', 'INFO') as Promise<string>).catch(() => '')));
+        return infos.every((i) => i.includes('cluster_state:ok'));
+      }, 15_000, 'cluster_state:ok on every node');
+    } finally {
+      for (const a of admins) a.disconnect();
+    }
+  }
+
+  beforeAll(async () => {
+    for (let i = 0; i < 3; i++) ports.push(await freePort());
+    await Promise.all(ports.map(startNode));
+    const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    procs.push(create);
+    let out = '';
+    create.stdout!.on('data', (d) => (out += d.toString()));
+    create.stderr!.on('data', (d) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => create.once('exit', resolve));
+    if (code !== 0) throw new Error(`redis-cli --cluster create failed (${code}): ${out}`);
+    await clusterOk();
+    url = `redis-cluster://${ports.map((p) => `127.0.0.1:${p}`).join(',')}`;
+  }, 30_000);
+
+  async function makeBackend(retention: Retention = DEFAULT_RETENTION, namespace = `cluster${++namespaces}`, backendUrl = url): Promise<RedisBackend> {
+    const backend = new RedisBackend(backendUrl, retention, undefined, { namespace, minReconnectDelayMs: 50, maxReconnectDelayMs: 200 });
+    await backend.whenReady(10_000);
+    return backend;
+  }
+
+  // Each backend's own namespace is its own hash tag, so the suite's backends land on different nodes.
+  backendContract('redis cluster', async (retention) => {
+    const backend = await makeBackend(retention);
+    return { backend, cleanup: () => backend.close() };
+  });
+
+  describe('across nodes', () => {
+    const open: RedisBackend[] = [];
+    afterEach(async () => {
+      for (const b of open.splice(0)) await b.close();
+    });
+
+    /** The port of the node serving the namespace's slot, and the others. */
+    async function placement(ns: string): Promise<{ owner: number; others: number[] }> {
+      const admin = adminOf(ports[0]);
+      try {
+        const slot = Number(await admin.call('CLUSTER', 'KEYSLOT', `{${ns}}:log`));
+        const ranges = (await admin.call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number, ...unknown[]]]>;
+        const owner = ranges.find(([from, to]) => slot >= from && slot <= to)![2][1];
+        return { owner, others: ports.filter((p) => p !== owner) };
+      } finally {
+        admin.disconnect();
+      }
+    }
+
+    /** The port of the node holding `name`'s connection. */
+    async function whereIs(name: string): Promise<{ port: number; id: string }[]> {
+      const found: { port: number; id: string }[] = [];
+      for (const p of ports) {
+        const admin = adminOf(p);
+        try {
+          for (const line of String(await admin.client('LIST')).split('\n')) {
+            if (line.includes(` name=${name} `)) found.push({ port: p, id: /id=(\d+)/.exec(line)![1] });
+          }
+        } finally {
+          admin.disconnect();
+        }
+      }
+      return found;
+    }
+
+    async function node(ns: string, seedsFirst: number[]): Promise<{ backend: RedisBackend; received: Message[] }> {
+      const ordered = [...seedsFirst, ...ports.filter((p) => !seedsFirst.includes(p))];
+      const backend = await makeBackend(DEFAULT_RETENTION, ns, `redis-cluster://${ordered.map((p) => `127.0.0.1:${p}`).join(',')}`);
+      open.push(backend);
+      const received: Message[] = [];
+      backend.setListener((m) => received.push(m));
+      return { backend, received };
+    }
+
+    it('two nodes receive each other\'s publishes once, in order, over pub/sub from a node that does not own the slot', async () => {
+      const ns = `fan${++namespaces}`;
+      const { owner, others } = await placement(ns);
+      // Both subscribers connect to nodes that do not run the publish script: PUBLISH must cross the cluster bus.
+      const a = await node(ns, [others[0]]);
+      const b = await node(ns, [others[1]]);
+      const subs = await whereIs(`${ns}-sub`);
+      expect(subs.map((s) => s.port).sort()).toEqual([...others].sort());
+      expect(subs.some((s) => s.port === owner)).toBe(false);
+
+      const sent = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 ? a : b).backend.publish(`n/${i % 3}`, {}, Buffer.from(`m${i}`))));
+      await waitFor(() => a.received.length >= 60 && b.received.length >= 60, 5000, 'both nodes');
+      await new Promise((r) => setImmediate(r));
+      const order = sent.map((m) => m.id).sort(compareIds);
+      expect(a.received.map((m) => m.id)).toEqual(order);
+      expect(b.received.map((m) => m.id)).toEqual(order);
+      const h = await b.backend.history('n/');
+      expect(h.messages.map((m) => m.id)).toEqual(order);
+    });
+
+    it('moves its subscriber link to another cluster node when cut and catches up from the stream', async () => {
+      const ns = `move${++namespaces}`;
+      const { others } = await placement(ns);
+      const a = await node(ns, [others[0]]);
+      const b = await node(ns, [others[1]]);
+      const sent: string[] = [];
+      let publishing = true;
+      const publisher = (async () => {
+        for (let i = 0; publishing; i++) sent.push((await a.backend.publish(`c/${i % 2}`, {}, Buffer.from(`m${i}`))).id);
+      })();
+      try {
+        await waitFor(() => b.received.length > 20, 5000, 'some live traffic');
+        const [before] = (await whereIs(`${ns}-sub`)).filter((s) => s.port === others[1]);
+        expect(before).toBeDefined();
+        const resubscribes = b.backend.stats.resubscribes;
+        const admin = adminOf(others[1]);
+        try {
+          await admin.client('KILL', 'ID', before.id);
+        } finally {
+          admin.disconnect();
+        }
+        await waitFor(() => b.backend.stats.resubscribes > resubscribes, 5000, 'B resubscribed');
+        // B's subscriber now sits on another node (it rotates on reconnect).
+        const after = (await whereIs(`${ns}-sub`)).map((s) => s.port);
+        expect(after.filter((p) => p === others[1]).length).toBe(0);
+        await waitFor(() => b.received.length > sent.length / 2 + 20, 5000, 'more live traffic');
+      } finally {
+        publishing = false;
+        await publisher;
+      }
+      await waitFor(() => a.received.length >= sent.length && b.received.length >= sent.length, 5000, 'catch-up');
+      expect(a.received.map((m) => m.id)).toEqual(sent);
+      expect(b.received.map((m) => m.id)).toEqual(sent);
+    });
+
+    it('rejects publishes while the node owning its slot is down, and recovers when it returns', async () => {
+      const ns = `down${++namespaces}`;
+      const { owner, others } = await placement(ns);
+      const a = await node(ns, [others[0]]);
+      const first = await a.backend.publish('d', {}, Buffer.from('before'));
+
+      const proc = running.get(owner)!;
+      const exited = new Promise((r) => proc.once('exit', r));
+      proc.kill('SIGKILL');
+      await exited;
+      const started = Date.now();
+      await expect(a.backend.publish('d', {}, Buffer.from('lost?'))).rejects.toThrow(/^redis unavailable: /);
+      // Bounded by the command timeout (3 s) plus ioredis's CLUSTERDOWN retries, not hanging.
+      expect(Date.now() - started).toBeLessThan(6000);
+
+      await startNode(owner);
+      await clusterOk();
+      const after = await waitFor(() => a.backend.publish('d', {}, Buffer.from('after')).catch(() => undefined), 15_000, 'publish after the node returned');
+      await waitFor(() => a.received.some((m) => m.id === after.id), 5000, 'delivery after the node returned');
+      expect(a.received.map((m) => m.body.toString())).toEqual(['before', 'after']);
+      expect(compareIds(after.id, first.id)).toBe(1);
+    }, 40_000);
+  });
+});
