@@ -67,7 +67,7 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
     if (endpoint.action === 'sub' || (endpoint.action === 'any' && (method === 'GET' || method === 'HEAD'))) {
       if (method !== 'GET') return reply(res, 405, '405 Method Not Allowed: subscribe with GET', { allow: 'GET' });
       if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) return reply(res, 400, UNSAFE_HEADER_ERROR);
-      if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return unauthorized(res);
+      if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) return unauthorized(res);
       if ((req.headers.accept ?? '').includes('text/event-stream')) {
         const admission = ctx.limits.admitSubscriber(req);
         if (!admission.ok) {

@@ -58,15 +58,24 @@ const TOKEN_BYTES = 20;
 
 /**
  * Checks tokens against the current key and any previous keys (rotation).
- * The valid tokens of a path are computed once and cached (bounded), because
- * every publish would otherwise cost up to 2 × depth × keys HMACs.
+ *
+ * A request for path P may present the token of any of up to 2 × depth
+ * candidate paths. Two bounded caches keep that cheap:
+ * - per request path, all its candidates' digests in one Buffer, so a path
+ *   seen before costs one lookup (publishes repeat their paths);
+ * - per `/`-ending candidate, its digests: those prefixes (`/`, `/pub/`,
+ *   `/pub/org/`) are shared by every topic under them, so even a path never
+ *   seen before costs only its own one or two HMACs.
+ * Subscriptions (checked once per connection) stay out of the first cache so
+ * they never push publish paths out.
  */
 export class TokenVerifier {
   readonly #keys: string[];
-  readonly #cache = new Map<string, Buffer[]>();
+  readonly #paths = new Map<string, Buffer>();
+  readonly #prefixes = new Map<string, Buffer>();
   readonly #cacheLimit: number;
 
-  constructor(keys: string[], cacheLimit = 10_000) {
+  constructor(keys: string[], cacheLimit = 50_000) {
     if (keys.length === 0 || keys.some((k) => k.length === 0)) throw new Error('TokenVerifier needs at least one non-empty key');
     this.#keys = keys;
     this.#cacheLimit = cacheLimit;
@@ -77,37 +86,62 @@ export class TokenVerifier {
     return makeToken(this.#keys[0], path);
   }
 
-  #validTokens(path: string): Buffer[] {
-    let valid = this.#cache.get(path);
-    if (valid) return valid;
-    const paths = new Set<string>();
+  /** Writes the digests of one candidate under every key into `out` at `offset`. */
+  #digestInto(candidate: string, out: Buffer, offset: number): void {
+    const shared = candidate.endsWith('/');
+    const cached = shared ? this.#prefixes.get(candidate) : undefined;
+    if (cached) {
+      cached.copy(out, offset);
+      return;
+    }
+    const keys = this.#keys;
+    for (let i = 0; i < keys.length; i++) createHmac('sha1', keys[i]).update(candidate).digest().copy(out, offset + i * TOKEN_BYTES);
+    if (shared) remember(this.#prefixes, candidate, Buffer.from(out.subarray(offset, offset + keys.length * TOKEN_BYTES)), this.#cacheLimit);
+  }
+
+  #validTokens(path: string, cache: boolean): Buffer {
+    const known = this.#paths.get(path);
+    if (known) return known;
+    const candidates = new Set<string>();
     for (const sub of subpaths(path)) {
-      paths.add(sub);
-      paths.add(withoutPrefix(sub));
+      candidates.add(sub);
+      candidates.add(withoutPrefix(sub));
     }
-    valid = [];
-    for (const key of this.#keys) {
-      for (const p of paths) valid.push(createHmac('sha1', key).update(p).digest());
+    const width = this.#keys.length * TOKEN_BYTES;
+    const valid = Buffer.allocUnsafe(candidates.size * width);
+    let offset = 0;
+    for (const c of candidates) {
+      this.#digestInto(c, valid, offset);
+      offset += width;
     }
-    if (this.#cache.size >= this.#cacheLimit) this.#cache.delete(this.#cache.keys().next().value as string);
-    this.#cache.set(path, valid);
+    if (cache) remember(this.#paths, path, valid, this.#cacheLimit);
     return valid;
   }
 
-  /** Whether `token` (40 lower-case hex chars) authorises a request for `path`. */
-  verify(path: string, token: string | undefined): boolean {
+  /**
+   * Whether `token` (40 lower-case hex chars) authorises a request for `path`.
+   * `cache: false` for checks made once per connection rather than per message.
+   */
+  verify(path: string, token: string | undefined, cache = true): boolean {
     if (token === undefined || token.length !== TOKEN_BYTES * 2 || !/^[0-9a-f]+$/.test(token)) return false;
     const given = Buffer.from(token, 'hex');
+    const valid = this.#validTokens(path, cache);
     let ok = false;
     // Compare against every candidate, no early exit, so timing says nothing about which matched.
-    for (const expected of this.#validTokens(path)) {
-      if (timingSafeEqual(given, expected)) ok = true;
+    for (let offset = 0; offset < valid.length; offset += TOKEN_BYTES) {
+      if (timingSafeEqual(given, valid.subarray(offset, offset + TOKEN_BYTES))) ok = true;
     }
     return ok;
   }
 
   /** verify() for an `Authorization` header value. */
-  verifyAuthorization(path: string, authorization: string | undefined): boolean {
-    return this.verify(path, presentedToken(authorization));
+  verifyAuthorization(path: string, authorization: string | undefined, cache = true): boolean {
+    return this.verify(path, presentedToken(authorization), cache);
   }
+}
+
+/** Map.set with the oldest entry dropped at the bound. */
+function remember(map: Map<string, Buffer>, key: string, value: Buffer, limit: number): void {
+  if (map.size >= limit) map.delete(map.keys().next().value as string);
+  map.set(key, value);
 }

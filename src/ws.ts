@@ -151,7 +151,7 @@ export class WebSocketTransport {
     }
     if (endpoint.action === 'pub') return refuse(socket, 400, 'Bad Request', '400 Bad Request: publish with POST; subscribe at /sub/<topic>');
     if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) return refuse(socket, 400, 'Bad Request', UNSAFE_HEADER_ERROR);
-    if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) {
+    if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) {
       return refuse(socket, 401, 'Unauthorized', '401 Unauthorized', 'WWW-Authenticate: Basic realm="hookbot"\r\n');
     }
     const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));

@@ -53,4 +53,16 @@ describe('tokens', () => {
     expect(v.verify('/pub/x', undefined)).toBe(false);
     expect(v.token('/pub/x')).toBe(makeToken('new', '/pub/x'));
   });
+
+  it('answers the same with a tiny cache, past its bound, and uncached', () => {
+    const v = new TokenVerifier(['k', 'old'], 2);
+    for (let round = 0; round < 3; round++) {
+      for (const p of ['/pub/a', '/pub/b/c', '/pub/d/']) {
+        expect(v.verify(p, makeToken('k', p))).toBe(true);
+        expect(v.verify(p, makeToken('old', p), false)).toBe(true);
+        expect(v.verify(p, makeToken('k', p + 'x'))).toBe(false);
+        expect(v.verify(`${p}/deeper`.replace('//', '/'), makeToken('k', p))).toBe(p.endsWith('/'));
+      }
+    }
+  });
 });
