@@ -11,7 +11,7 @@
  * - every event: the feed message itself (envelope bytes and headers, so a
  *   receiver can verify the signature again) on `.../event/<event>`.
  */
-import { createHash, createHmac } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import type { Headers, Message } from '../message.js';
 import { RecentIds } from './dedupe.js';
 import {
@@ -19,7 +19,7 @@ import {
   type Router,
   type RouterHost,
   type SeenStore,
-  claimAny,
+  claimDelivery,
   decodeBase64,
   goJSON,
   headerValue,
@@ -29,6 +29,7 @@ import {
   objectField,
   parseJSON,
   publishAll,
+  refSummaries,
   releaseAll,
   serialHandler,
   stringField,
@@ -163,31 +164,10 @@ export function createGithubRouter(options: GithubRouterOptions, host: RouterHos
 
   function summaries(event: string, repo: string, payload: unknown): Output[] {
     if (event !== 'push') return [];
-    const ref = stringField(payload, 'ref') ?? '';
     const pusher = objectField(payload, 'pusher');
     // As the original: no pusher object → "<unknown>", a pusher without a name → "".
     const who = pusher === undefined ? '<unknown>' : (stringField(pusher, 'name') ?? '');
-    const sha = stringField(payload, 'after') ?? '';
-    const headers = { 'content-type': 'application/json' };
-    if (ref.startsWith('refs/heads/')) {
-      const branch = ref.slice('refs/heads/'.length);
-      if (!isSafeTopicPart(branch, true)) return [];
-      return [{
-        topic: `github.com/repo/${repo}/branch/${branch}`,
-        headers,
-        body: goJSON({ Type: 'push', Repo: repo, Branch: branch, SHA: sha, Who: who }),
-      }];
-    }
-    if (ref.startsWith('refs/tags/')) {
-      const tag = ref.slice('refs/tags/'.length);
-      if (!isSafeTopicPart(tag, true)) return [];
-      return [{
-        topic: `github.com/repo/${repo}/tag/${tag}`,
-        headers,
-        body: goJSON({ Type: 'push', Repo: repo, Tag: tag, SHA: sha, Who: who }),
-      }];
-    }
-    return [];
+    return refSummaries('github.com', repo, stringField(payload, 'ref') ?? '', { Type: 'push', SHA: stringField(payload, 'after') ?? '', Who: who });
   }
 
   async function route(message: Message): Promise<void> {
@@ -212,12 +192,9 @@ export function createGithubRouter(options: GithubRouterOptions, host: RouterHos
     }
     host.count('verified', name);
 
-    // Ids are claimed only after verification, so a forgery can't block a real
-    // delivery by using its id first. The payload digest also catches a
-    // captured delivery replayed under a fresh id (GitHub signs only the body).
-    const keys = [`github:payload:${createHash('sha256').update(d.payload).digest('base64')}`];
-    if (d.delivery !== '') keys.unshift(`github:delivery:${d.delivery}`);
-    if (await claimAny(seen, keys)) {
+    // Claimed only after verification, so a forgery can't block a real delivery by using its id first.
+    const { duplicate, keys } = await claimDelivery(seen, name, d.delivery, d.payload);
+    if (duplicate) {
       host.count('duplicate', name);
       log.info({ router: name, ...context }, 'github delivery is a duplicate; not re-published');
       return;

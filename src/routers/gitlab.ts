@@ -13,7 +13,6 @@
  * - every event: the envelope (Token blanked) on `.../event/<slug>`, where the
  *   slug of "Merge Request Hook" is `merge_request`.
  */
-import { createHash } from 'node:crypto';
 import type { Headers, Message } from '../message.js';
 import { RecentIds } from './dedupe.js';
 import {
@@ -21,7 +20,7 @@ import {
   type Router,
   type RouterHost,
   type SeenStore,
-  claimAny,
+  claimDelivery,
   decodeBase64,
   goJSON,
   headerValue,
@@ -31,6 +30,7 @@ import {
   objectField,
   parseJSON,
   publishAll,
+  refSummaries,
   releaseAll,
   serialHandler,
   stringField,
@@ -132,30 +132,11 @@ export function createGitlabRouter(options: GitlabRouterOptions, host: RouterHos
   }
 
   function summaries(slug: string, repo: string, payload: unknown): Output[] {
-    if (slug !== 'push' && slug !== 'tag_push') return [];
     const ref = stringField(payload, 'ref') ?? '';
+    // A Push Hook summarises branches, a Tag Push Hook tags; Type is the event slug.
+    if (!(slug === 'push' && ref.startsWith('refs/heads/')) && !(slug === 'tag_push' && ref.startsWith('refs/tags/'))) return [];
     const who = stringField(payload, 'user_username') || stringField(payload, 'user_name') || '';
-    const sha = stringField(payload, 'after') ?? '';
-    const headers = { 'content-type': 'application/json' };
-    if (slug === 'push' && ref.startsWith('refs/heads/')) {
-      const branch = ref.slice('refs/heads/'.length);
-      if (!isSafeTopicPart(branch, true)) return [];
-      return [{
-        topic: `gitlab.com/repo/${repo}/branch/${branch}`,
-        headers,
-        body: goJSON({ Type: slug, Repo: repo, Branch: branch, SHA: sha, Who: who }),
-      }];
-    }
-    if (slug === 'tag_push' && ref.startsWith('refs/tags/')) {
-      const tag = ref.slice('refs/tags/'.length);
-      if (!isSafeTopicPart(tag, true)) return [];
-      return [{
-        topic: `gitlab.com/repo/${repo}/tag/${tag}`,
-        headers,
-        body: goJSON({ Type: slug, Repo: repo, Tag: tag, SHA: sha, Who: who }),
-      }];
-    }
-    return [];
+    return refSummaries('gitlab.com', repo, ref, { Type: slug, SHA: stringField(payload, 'after') ?? '', Who: who });
   }
 
   async function route(message: Message): Promise<void> {
@@ -185,9 +166,8 @@ export function createGitlabRouter(options: GitlabRouterOptions, host: RouterHos
     }
     host.count('verified', name);
 
-    const keys = [`gitlab:payload:${createHash('sha256').update(d.payload).digest('base64')}`];
-    if (d.delivery !== '') keys.unshift(`gitlab:delivery:${d.delivery}`);
-    if (await claimAny(seen, keys)) {
+    const { duplicate, keys } = await claimDelivery(seen, name, d.delivery, d.payload);
+    if (duplicate) {
       host.count('duplicate', name);
       log.info({ router: name, ...context }, 'gitlab delivery is a duplicate; not re-published');
       return;

@@ -191,6 +191,47 @@ export async function claimAny(store: SeenStore, keys: readonly string[]): Promi
   return duplicate;
 }
 
+/**
+ * Claims a verified delivery: its id, and the digest of its payload, which
+ * catches a captured delivery replayed under a fresh id (providers sign or
+ * authenticate only the body). Returns the keys, to release them if
+ * re-publishing fails, and whether any was seen within the window.
+ */
+export async function claimDelivery(
+  store: SeenStore,
+  provider: string,
+  delivery: string,
+  payload: Buffer,
+): Promise<{ duplicate: boolean; keys: string[] }> {
+  const keys = [`${provider}:payload:${createHash('sha256').update(payload).digest('base64')}`];
+  if (delivery !== '') keys.unshift(`${provider}:delivery:${delivery}`);
+  return { duplicate: await claimAny(store, keys), keys };
+}
+
+/**
+ * The original hookbot's push summary for a git ref: `refs/heads/<b>` on
+ * `<site>/repo/<repo>/branch/<b>` with a Branch field, `refs/tags/<t>` on
+ * `.../tag/<t>` with a Tag field; nothing for other refs or unusable names.
+ */
+export function refSummaries(site: string, repo: string, ref: string, fields: { Type: string; SHA: string; Who: string }): Output[] {
+  for (const [prefix, kind, key] of [
+    ['refs/heads/', 'branch', 'Branch'],
+    ['refs/tags/', 'tag', 'Tag'],
+  ] as const) {
+    if (!ref.startsWith(prefix)) continue;
+    const name = ref.slice(prefix.length);
+    if (!isSafeTopicPart(name, true)) return [];
+    return [
+      {
+        topic: `${site}/repo/${repo}/${kind}/${name}`,
+        headers: { 'content-type': 'application/json' },
+        body: goJSON({ Type: fields.Type, Repo: repo, [key]: name, SHA: fields.SHA, Who: fields.Who }),
+      },
+    ];
+  }
+  return [];
+}
+
 export async function releaseAll(store: SeenStore, keys: readonly string[]): Promise<void> {
   for (const key of keys) await store.release(key);
 }
