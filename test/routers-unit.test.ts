@@ -10,7 +10,7 @@ import { Message, type Headers } from '../src/message.js';
 import { RecentIds } from '../src/routers/dedupe.js';
 import { createGithubRouter, githubEnvelope, GITHUB_FEED } from '../src/routers/github.js';
 import { createGitlabRouter, gitlabEnvelope, gitlabEventSlug, GITLAB_FEED } from '../src/routers/gitlab.js';
-import { decodeBase64, goJSON, matchesAny, safeEqual, type RouterEvent, type RouterHost } from '../src/routers/router.js';
+import { claimAny, decodeBase64, goJSON, matchesAny, safeEqual, type RouterEvent, type RouterHost } from '../src/routers/router.js';
 
 interface Example {
   name: string;
@@ -161,6 +161,25 @@ describe('router helpers', () => {
     expect(matchesAny('b', ['a', 'b', 'c'])).toBe(true);
     expect(matchesAny('d', ['a', 'b', 'c'])).toBe(false);
     expect(matchesAny('a', [])).toBe(false);
+  });
+});
+
+describe('claimAny', () => {
+  it('stops at the first key already claimed, so a racing node never takes the winner\'s next key', async () => {
+    const store = new RecentIds({ windowMs: 60_000 });
+    // Node A claimed the delivery id first; node B loses on it...
+    expect(await store.claim('delivery:x')).toBe(false);
+    expect(await claimAny(store, ['delivery:x', 'payload:p'])).toBe(true);
+    // ...and must have left the payload key for node A, which goes on to publish.
+    expect(await claimAny(store, ['payload:p'])).toBe(false);
+  });
+
+  it('claims every key of a fresh delivery, and an earlier key stays claimed when a later one is a duplicate', async () => {
+    const store = new RecentIds({ windowMs: 60_000 });
+    expect(await claimAny(store, ['delivery:a', 'payload:p'])).toBe(false);
+    // A replay of the same payload under a fresh id: duplicate by payload, and the fresh id is marked.
+    expect(await claimAny(store, ['delivery:b', 'payload:p'])).toBe(true);
+    expect(await store.claim('delivery:b')).toBe(true);
   });
 });
 

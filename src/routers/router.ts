@@ -181,14 +181,16 @@ export async function publishAll(
 }
 
 /**
- * Claims every key; true if any was already claimed (a duplicate). All keys
- * are claimed even when an early one is a duplicate, so a replay under a
- * fresh id also marks that id.
+ * Claims keys in order; true at the first one already claimed (a duplicate),
+ * leaving later keys alone. Stopping matters with a shared store: when two
+ * nodes race for the same delivery, the loser must not go on to take the
+ * winner's next key, or both would see a duplicate and nobody would publish.
+ * Earlier keys stay claimed, so a replay under a fresh id (payload digest
+ * second) still marks that id.
  */
 export async function claimAny(store: SeenStore, keys: readonly string[]): Promise<boolean> {
-  let duplicate = false;
-  for (const key of keys) if (await store.claim(key)) duplicate = true;
-  return duplicate;
+  for (const key of keys) if (await store.claim(key)) return true;
+  return false;
 }
 
 /**
