@@ -166,6 +166,17 @@ export class Broker {
     sub.live?.();
   }
 
+  /**
+   * A subscriber fell past its buffer bound: counted, dropped from the index
+   * and logged here; the transport then closes its connection its own way.
+   */
+  slowDisconnect(sub: Subscriber): void {
+    this.stats.slowDisconnects++;
+    this.stats.drops++;
+    this.unsubscribe(sub);
+    this.#log.info({ topic: sub.topic }, 'slow subscriber disconnected');
+  }
+
   unsubscribe(sub: Subscriber): void {
     const standIn = this.#standIns.get(sub);
     if (standIn) {

@@ -35,11 +35,7 @@ function isOpsPath(path: string): boolean {
   return OPS_PATHS.has(path) || path === '/_' || path.startsWith('/_/');
 }
 
-export interface HttpHandler {
-  (req: IncomingMessage, res: ServerResponse): void;
-  /** The express app behind the operational endpoints, for modules that add routes. */
-  readonly app: express.Express;
-}
+export type HttpHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler {
   const app = createOpsApp(ctx);
@@ -82,7 +78,7 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
     }
     return reply(res, 501, '501 Not Implemented: POST publishes, GET subscribes');
   };
-  return Object.assign(handler, { app });
+  return handler;
 }
 
 function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, query: URLSearchParams): void {
@@ -191,6 +187,15 @@ function createOpsApp(ctx: Context): express.Express {
     ctx.metrics.render().then((text) => res.set('cache-control', 'no-store').type(ctx.metrics.contentType).send(text), next);
   });
   mountInspector(app, ctx);
+  // Last: unknown operational paths and errors get plain answers.
+  app.use((_req, res) => {
+    res.status(404).type('text/plain').send('404 Not Found\n');
+  });
+  app.use((err: Error & { status?: number; statusCode?: number }, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
+    const status = err.status ?? err.statusCode ?? 500;
+    if (status >= 500) ctx.log.error({ err: err.message }, 'request failed');
+    res.status(status).type('text/plain').send(status >= 500 ? '500 Internal Server Error\n' : `${status} ${err.message}\n`);
+  });
   return app;
 }
 
@@ -215,23 +220,11 @@ function mountInspector(app: express.Express, ctx: Context): void {
   for (const route of inspector.routes) {
     app[route.method](`/_/api${route.path}`, (req, res, next) => {
       route
-        .handle({ authorization: req.headers.authorization, query: req.query as Record<string, unknown>, body: req.body })
+        .handle({ query: req.query as Record<string, unknown>, body: req.body })
         .then((out) => res.status(out.status).json(out.body), next);
     });
   }
   // Without strict routing '/_' also matches '/_/': only the bare form redirects.
   app.get('/_', (req, res, next) => (req.originalUrl.split('?')[0] === '/_' ? res.redirect(301, '/_/') : next()));
   app.use('/_', express.static(INSPECTOR_DIR, { index: 'index.html', fallthrough: true, maxAge: 0 }));
-}
-
-/** Ends the express app's chain: unknown operational paths and errors get plain answers. */
-export function finishOpsApp(app: express.Express, ctx: Context): void {
-  app.use((_req, res) => {
-    res.status(404).type('text/plain').send('404 Not Found\n');
-  });
-  app.use((err: Error & { status?: number; statusCode?: number }, _req: express.Request, res: express.Response, _next: express.NextFunction) => {
-    const status = err.status ?? err.statusCode ?? 500;
-    if (status >= 500) ctx.log.error({ err: err.message }, 'request failed');
-    res.status(status).type('text/plain').send(status >= 500 ? '500 Internal Server Error\n' : `${status} ${err.message}\n`);
-  });
 }

@@ -38,7 +38,6 @@ export function redactHeaders(headers: Headers): Headers {
 }
 
 export interface ApiRequest {
-  authorization: string | undefined;
   query: Record<string, unknown>;
   body: unknown;
 }
@@ -72,7 +71,6 @@ export class Inspector {
   #dispatched = 0;
   #watching = false;
   #lastCall = 0;
-  #idleTimer: NodeJS.Timeout | undefined;
   readonly routes: ApiRoute[];
 
   constructor(ctx: Context) {
@@ -106,16 +104,11 @@ export class Inspector {
       if (Date.now() - this.#lastCall >= WATCH_IDLE_MS) {
         this.#watching = false;
         this.#counts.clear();
-        this.#idleTimer = undefined;
       } else {
-        this.#idleTimer = setTimeout(check, WATCH_IDLE_MS).unref();
+        setTimeout(check, WATCH_IDLE_MS).unref();
       }
     };
-    this.#idleTimer = setTimeout(check, WATCH_IDLE_MS).unref();
-  }
-
-  close(): void {
-    clearTimeout(this.#idleTimer);
+    setTimeout(check, WATCH_IDLE_MS).unref();
   }
 
   async #topics(): Promise<ApiResponse> {

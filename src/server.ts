@@ -11,7 +11,7 @@ import { RedisBackend } from './backends/redis.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
-import { createHttpHandler, finishOpsApp, type HttpHandler } from './http.js';
+import { createHttpHandler, type HttpHandler } from './http.js';
 import { Limits } from './limits.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
@@ -61,7 +61,6 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const ws = new WebSocketTransport(ctx);
   const sse = new SseTransport(ctx);
   const http = createHttpHandler(ctx, sse);
-  finishOpsApp(http.app, ctx);
 
   const server: Server = config.tls ? createHttpsServer({ key: config.tls.key, cert: config.tls.cert }, http) : createHttpServer(http);
   server.on('upgrade', (req, socket, head) => ws.handleUpgrade(req, socket, head));

@@ -183,10 +183,7 @@ export class SseTransport {
 
   #slow(sub: SseSubscriber): void {
     this.stats.slowDisconnects++;
-    this.#ctx.broker.stats.slowDisconnects++;
-    this.#ctx.broker.stats.drops++;
-    this.#ctx.broker.unsubscribe(sub);
-    this.#ctx.log.info({ topic: sub.topic }, 'slow subscriber disconnected');
+    this.#ctx.broker.slowDisconnect(sub);
     // The end of the stream would queue behind the backlog; give it a moment, then cut the connection.
     sub.end();
     setTimeout(() => sub.res.destroy(), 1000).unref();

@@ -196,10 +196,7 @@ export class WebSocketTransport {
 
   #slow(sub: WsSubscriber): void {
     this.stats.slowDisconnects++;
-    this.#ctx.broker.stats.slowDisconnects++;
-    this.#ctx.broker.stats.drops++;
-    this.#ctx.broker.unsubscribe(sub);
-    this.#ctx.log.info({ topic: sub.topic }, 'slow subscriber disconnected');
+    this.#ctx.broker.slowDisconnect(sub);
     // The close frame would queue behind the backlog; end the connection now.
     sub.ws.close(1013, 'subscriber too slow');
     setTimeout(() => sub.ws.terminate(), 1000).unref();
