@@ -381,6 +381,9 @@ describe.skipIf(noCluster)('Redis Cluster', () => {
       const { owner, others } = await placement(ns);
       const a = await node(ns, [others[0]]);
       const first = await a.backend.publish('d', {}, Buffer.from('before'));
+      // Cluster PUBLISH reaches other nodes over the cluster bus, asynchronously: killing the owner
+      // before 'before' got there would lose its fan-out, which is not what this test is about.
+      await waitFor(() => a.received.some((m) => m.id === first.id), 5000, 'delivery before the kill');
 
       const proc = running.get(owner)!;
       const exited = new Promise((r) => proc.once('exit', r));
