@@ -109,6 +109,18 @@ export class IdGenerator {
   #ms = 0;
   #seq = 0;
 
+  /**
+   * With `afterMs`, every id is in a later millisecond: ids at or before it
+   * were given out by someone else (an earlier process), and ours exceed them
+   * even if we started within the same millisecond.
+   */
+  constructor(afterMs?: number) {
+    if (afterMs !== undefined) {
+      this.#ms = afterMs + 1;
+      this.#seq = -1;
+    }
+  }
+
   next(now = Date.now()): string {
     if (now > this.#ms) {
       this.#ms = now;

@@ -29,7 +29,7 @@ const TOMBSTONES = 100_000;
 
 export class MemoryBackend implements Backend {
   readonly name = 'memory';
-  #ids = new IdGenerator();
+  #ids: IdGenerator;
   #retention: Retention;
   #enabled: boolean;
   #listener: (m: Message) => void = () => {};
@@ -42,7 +42,7 @@ export class MemoryBackend implements Backend {
   #forgottenUpTo: string | undefined;
   #closed = false;
   #now: () => number;
-  /** Ids before this were given out by an earlier process, whose history is gone. */
+  /** Ids at or before this millisecond were given out by an earlier process, whose history is gone. */
   readonly #startedAt: number;
   #lastId: string | undefined;
 
@@ -51,6 +51,7 @@ export class MemoryBackend implements Backend {
     this.#enabled = historyEnabled(retention);
     this.#now = now;
     this.#startedAt = now();
+    this.#ids = new IdGenerator(this.#startedAt);
   }
 
   setListener(listener: (m: Message) => void): void {
@@ -163,7 +164,7 @@ export class MemoryBackend implements Backend {
     if (!gap && trimmedAfter(this.#forgottenUpTo)) gap = true;
     // Never silent: a resume from before this process started, or while nothing is kept, may have missed messages.
     if (!gap && since !== undefined && since !== '0-0') {
-      if (idTime(since) < this.#startedAt) gap = true;
+      if (idTime(since) <= this.#startedAt) gap = true;
       else if (!this.#enabled && this.#lastId !== undefined && compareIds(this.#lastId, since) > 0) gap = true;
     }
     if (limit !== undefined && messages.length > limit) {
