@@ -4,8 +4,8 @@
  * `ws` does the handshake, reads control frames and closes; data frames go
  * out through our own writer. Server frames are unmasked, so one frame (header
  * and payload in one Buffer) is built per message and the very same Buffer is
- * written to every subscriber's socket. Writes made within one event-loop turn
- * are corked and leave together.
+ * written to every subscriber's socket, through its Outbox (which batches a
+ * subscriber's queued frames into one send).
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
