@@ -5,7 +5,7 @@
 // Progress and a human summary go to stderr. A missed target is a figure, not a failure:
 // the exit code is 0 unless the bench itself broke.
 //
-//   node bench/run.mjs [fanout|pubrate|idle|topics|twonode ...] [--quick] [--rounds N]
+//   node bench/run.mjs [fanout|fanout8|steady|pubrate|idle|topics|twonode ...] [--quick] [--rounds N]
 //                      [--hookbot-is-floor]
 //
 // Only 127.0.0.1 traffic; every child process is killed on exit, error or signal.
@@ -20,14 +20,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KEY = 'benchkey';
-const ALL = ['fanout', 'fanout8', 'pubrate', 'idle', 'topics', 'twonode'];
+const ALL = ['fanout', 'fanout8', 'steady', 'pubrate', 'idle', 'topics', 'twonode'];
 
 // ---------------------------------------------------------------- options
 
 const argv = process.argv.slice(2);
 if (argv.includes('--help') || argv.includes('-h')) {
   process.stderr.write(
-    'usage: node bench/run.mjs [fanout|pubrate|idle|topics|twonode ...] [--quick] [--rounds N] [--hookbot-is-floor]\n',
+    'usage: node bench/run.mjs [fanout|fanout8|steady|pubrate|idle|topics|twonode ...] [--quick] [--rounds N] [--hookbot-is-floor]\n',
   );
   process.exit(0);
 }
@@ -36,7 +36,7 @@ const hookbotIsFloor = argv.includes('--hookbot-is-floor');
 const roundsIdx = argv.indexOf('--rounds');
 const roundsFlag = roundsIdx !== -1 ? Math.max(1, Number(argv[roundsIdx + 1]) || 1) : undefined;
 // Rounds per side; the reported figure is the median. Cheap scenarios get more.
-const DEFAULT_ROUNDS = { fanout: 3, fanout8: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
+const DEFAULT_ROUNDS = { fanout: 3, fanout8: 3, steady: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
 const roundsFor = (scenario) => (scenario === 'idle' ? 1 : roundsFlag ?? (quick ? 1 : DEFAULT_ROUNDS[scenario]));
 const selected = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--rounds');
 for (const s of selected) {
@@ -51,6 +51,7 @@ const SIZES = quick
   ? {
       fanout: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 1 },
       fanout8: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 8 },
+      steady: { subscribers: 200, messages: 40, bytes: 1024, warmup: 10, concurrency: 1, rate: 20 },
       pubrate: { publishes: 3000, bytes: 256, concurrency: 32, warmup: 500, subscribers: 1 },
       idle: { connections: 1000 },
       topics: { many: 1000, few: 100, recursive: 10, publishes: 2000, warmup: 300, bytes: 256, concurrency: 32 },
@@ -60,6 +61,9 @@ const SIZES = quick
       fanout: { subscribers: 1000, messages: 500, bytes: 1024, warmup: 20, concurrency: 1 },
       // The same load with 8 publishes in flight, as when a burst of webhooks arrives.
       fanout8: { subscribers: 1000, messages: 500, bytes: 1024, warmup: 20, concurrency: 8 },
+      // The same at a steady 20 publishes/s, well below either server's capacity, so
+      // both carry the same load and latency compares like with like.
+      steady: { subscribers: 1000, messages: 200, bytes: 1024, warmup: 20, concurrency: 1, rate: 20 },
       pubrate: { publishes: 20000, bytes: 256, concurrency: 32, warmup: 2000, subscribers: 1 },
       idle: { connections: 5000 },
       topics: { many: 10000, few: 100, recursive: 10, publishes: 10000, warmup: 1000, bytes: 256, concurrency: 32 },
@@ -338,8 +342,10 @@ function payload(bytes) {
 /**
  * Publishes n messages over keep-alive connections with `concurrency` requests in
  * flight. The body is built (and time-stamped) just before each request is sent.
+ * With `rate` (per second), publish i is not sent before i / rate seconds from the
+ * start: a steady load instead of as fast as the server answers.
  */
-async function publishMany(srv, { n, concurrency, topicFor, bytes }) {
+async function publishMany(srv, { n, concurrency, topicFor, bytes, rate }) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: concurrency });
   const statuses = {};
   const errors = {};
@@ -396,10 +402,16 @@ async function publishMany(srv, { n, concurrency, topicFor, bytes }) {
     seen = done;
   }, 15000);
   const start = process.hrtime.bigint();
+  const startMs = performance.now();
   await Promise.all(
     Array.from({ length: Math.min(concurrency, n) }, async () => {
       while (next < n) {
-        await one(next++);
+        const i = next++;
+        if (rate) {
+          const wait = startMs + (i * 1000) / rate - performance.now();
+          if (wait > 0) await sleep(wait);
+        }
+        await one(i);
         done++;
       }
     }),
@@ -548,7 +560,7 @@ function fanoutSession(specs, cfg, { extraPids = () => [], onClose } = {}) {
       if (conn.ok === 0) throw new Error(`no subscriber could connect: ${JSON.stringify(conn)}`);
       const topicFor = () => topic;
       await clients.call('reset', {});
-      const warm = await publishMany(pubServer, { n: cfg.warmup, concurrency: cfg.concurrency, topicFor, bytes: cfg.bytes });
+      const warm = await publishMany(pubServer, { n: cfg.warmup, concurrency: cfg.concurrency, topicFor, bytes: cfg.bytes, rate: cfg.rate });
       L.pubs.push(warm);
       await clients.call('expect', { total: warm.ok * conn.ok, timeoutMs: 30000, stallMs: 3000 });
       return {
@@ -559,7 +571,7 @@ function fanoutSession(specs, cfg, { extraPids = () => [], onClose } = {}) {
           const cpu0 = pids.map(cpuUs);
           const extra0 = more.map(cpuUs);
           const t0 = process.hrtime.bigint();
-          const pub = await publishMany(pubServer, { n: cfg.messages, concurrency: cfg.concurrency, topicFor, bytes: cfg.bytes });
+          const pub = await publishMany(pubServer, { n: cfg.messages, concurrency: cfg.concurrency, topicFor, bytes: cfg.bytes, rate: cfg.rate });
           L.pubs.push(pub);
           await clients.call('expect', { total: pub.ok * conn.ok, timeoutMs: 120000, stallMs: 5000 });
           const cpu = pids.reduce((sum, pid, i) => sum + cpuUs(pid) - cpu0[i], 0);
@@ -584,6 +596,7 @@ function fanoutSession(specs, cfg, { extraPids = () => [], onClose } = {}) {
             messages: cfg.messages,
             bytes: cfg.bytes,
             publish_concurrency: cfg.concurrency,
+            ...(cfg.rate ? { publish_rate_per_s: cfg.rate } : {}),
             rounds: perRound.length,
             deliveries_per_s: round(median(perRound.map((r) => r.deliveriesPerS)), 4),
             cpu_us_per_delivery: round(median(perRound.map((r) => r.cpuUsPerDelivery)), 3),
@@ -850,6 +863,20 @@ async function main() {
       const f = line(scenario, 'floor', r.floor, started);
       ratios.push(ratioLine(scenario, 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery, TARGETS.fanoutCpu, '<='));
       ratios.push(info(scenario, 'deliveries_per_s hookbot / floor', h.deliveries_per_s, f.deliveries_per_s));
+    } else if (scenario === 'steady') {
+      const cfg = SIZES.steady;
+      const r = await compare(
+        [
+          { label: 'hookbot', open: () => fanoutSession([{ kind: 'hookbot' }], cfg) },
+          { label: 'floor', open: () => fanoutSession([{ kind: 'floor' }], cfg) },
+        ],
+        n,
+      );
+      const h = line('steady', 'hookbot', r.hookbot, started);
+      const f = line('steady', 'floor', r.floor, started);
+      ratios.push(info('steady', 'latency_ms_p50 hookbot / floor', h.latency_ms_p50, f.latency_ms_p50));
+      ratios.push(info('steady', 'latency_ms_p99 hookbot / floor', h.latency_ms_p99, f.latency_ms_p99));
+      ratios.push(info('steady', 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery));
     } else if (scenario === 'pubrate') {
       const cfg = SIZES.pubrate;
       const r = await compare(
