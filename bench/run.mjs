@@ -201,7 +201,7 @@ async function startServer(kind, { redis, readyMs = 15000 } = {}) {
   delete env.HOOKBOT_REDIS_URL;
   let args;
   if (real) {
-    if (!fs.existsSync(path.join(ROOT, 'dist', 'cli.js'))) throw new Error('dist/cli.js is missing: run `npm run build`');
+    if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'))) throw new Error('dist/cli/index.js is missing: run `npm run build`');
     args = [path.join(ROOT, 'bin', 'hookbot.js'), 'serve', '--bind', `127.0.0.1:${port}`, '--log-level', 'warn'];
     if (redis) args.push('--redis', redis);
     env.HOOKBOT_KEY = KEY;

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { main } from '../dist/cli.js';
+import { main } from '../dist/cli/index.js';
 
 main(process.argv).catch((err) => {
   process.stderr.write(`hookbot: ${err && err.message ? err.message : String(err)}\n`);

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryBackend } from '../src/backends/memory.js';
-import { compareIds, idTime } from '../src/message.js';
+import { MemoryBackend } from '../src/server/backends/memory.js';
+import { compareIds, idTime } from '../src/protocol/message.js';
 import { backendContract } from './contract/backend.contract.js';
 
 backendContract('memory', async (retention) => {

@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { BackendUnavailableError, DEFAULT_RETENTION, type Retention } from '../src/backends/backend.js';
-import { checkRedisUrl, RedisBackend } from '../src/backends/redis.js';
-import { compareIds, type Message } from '../src/message.js';
+import { BackendUnavailableError, DEFAULT_RETENTION, type Retention } from '../src/server/backends/backend.js';
+import { checkRedisUrl, RedisBackend } from '../src/server/backends/redis.js';
+import { compareIds, type Message } from '../src/protocol/message.js';
 import { backendContract, waitFor } from './contract/backend.contract.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 

@@ -16,8 +16,8 @@ import {
   subscribe,
   SubscribeError,
   type Subscription,
-} from '../src/client.js';
-import { Message } from '../src/message.js';
+} from '../src/client/index.js';
+import { Message } from '../src/protocol/message.js';
 
 interface Conn {
   ws: WebSocket;

@@ -6,8 +6,8 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, resolveServeConfig } from '../src/config.js';
-import { compareIds } from '../src/message.js';
+import { ConfigError, resolveServeConfig } from '../src/server/config.js';
+import { compareIds } from '../src/protocol/message.js';
 import { bearer, eventually, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 
@@ -17,7 +17,7 @@ let redis: RedisServer;
 const nodes: Node[] = [];
 
 beforeAll(async () => {
-  if (!existsSync(fileURLToPath(new URL('../dist/backends/redis.js', import.meta.url)))) {
+  if (!existsSync(fileURLToPath(new URL('../dist/server/backends/redis.js', import.meta.url)))) {
     throw new Error('dist/ is not built: run `npm run build` (npm test does it) before this file');
   }
   redis = await startRedis();

@@ -4,7 +4,7 @@
  * same sends, and nothing is lost, duplicated or reordered on the way.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HookbotServer } from '../src/server.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { bearer, Inbox, publish, startTestServer, subscribe } from './helpers.js';
 
 let server: HookbotServer;

@@ -7,10 +7,10 @@ import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, type ClientOptions, type RawData } from 'ws';
-import { resolveServeConfig, type Config, type ServeOptions } from '../src/config.js';
-import { createLogger } from '../src/log.js';
-import { startServer, type HookbotServer } from '../src/server.js';
-import { makeToken } from '../src/tokens.js';
+import { resolveServeConfig, type Config, type ServeOptions } from '../src/server/config.js';
+import { createLogger } from '../src/server/log.js';
+import { startServer, type HookbotServer } from '../src/server/server.js';
+import { makeToken } from '../src/protocol/tokens.js';
 
 export const KEY = 'test-key';
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));

@@ -5,8 +5,8 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { compareIds } from '../src/message.js';
-import type { HookbotServer } from '../src/server.js';
+import { compareIds } from '../src/protocol/message.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, wsUrl } from './helpers.js';
 
 const V1 = { protocol: 'hookbot.v1' };

@@ -7,9 +7,9 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ConfigError, resolveServeConfig } from '../src/config.js';
-import { addressKey, clientAddress, Limits, RateLimiter } from '../src/limits.js';
-import type { HookbotServer } from '../src/server.js';
+import { ConfigError, resolveServeConfig } from '../src/server/config.js';
+import { addressKey, clientAddress, Limits, RateLimiter } from '../src/server/ops/limits.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
 function fakeRequest(remoteAddress: string, xff?: string): IncomingMessage {

@@ -3,13 +3,13 @@
  * ports: every value is read back through the Prometheus text endpoint.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MemoryBackend } from '../src/backends/memory.js';
-import { DEFAULT_RETENTION } from '../src/backends/backend.js';
-import { buildProgram } from '../src/cli.js';
-import { resolveServeConfig } from '../src/config.js';
-import { createLogger } from '../src/log.js';
-import { startServer, type HookbotServer } from '../src/server.js';
-import { makeToken } from '../src/tokens.js';
+import { MemoryBackend } from '../src/server/backends/memory.js';
+import { DEFAULT_RETENTION } from '../src/server/backends/backend.js';
+import { buildProgram } from '../src/cli/index.js';
+import { resolveServeConfig } from '../src/server/config.js';
+import { createLogger } from '../src/server/log.js';
+import { startServer, type HookbotServer } from '../src/server/server.js';
+import { makeToken } from '../src/protocol/tokens.js';
 import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
 /** `name{labels}` → value, from the Prometheus text format. */

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Outbox } from '../src/outbox.js';
+import { Outbox } from '../src/server/outbox.js';
 
 interface Pair {
   /** Server side: what the Outbox writes to. */

@@ -3,7 +3,7 @@
  * real server on a real port with real ws clients.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HookbotServer } from '../src/server.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { bearer, Inbox, KEY, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
 let server: HookbotServer;

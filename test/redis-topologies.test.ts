@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_RETENTION, type Retention } from '../src/backends/backend.js';
-import { checkRedisUrl, RedisBackend } from '../src/backends/redis.js';
-import { parseRedisUrl } from '../src/backends/redis-connect.js';
-import { compareIds, type Message } from '../src/message.js';
+import { DEFAULT_RETENTION, type Retention } from '../src/server/backends/backend.js';
+import { checkRedisUrl, RedisBackend } from '../src/server/backends/redis.js';
+import { parseRedisUrl } from '../src/server/backends/redis-connect.js';
+import { compareIds, type Message } from '../src/protocol/message.js';
 import { backendContract, waitFor } from './contract/backend.contract.js';
 import { bearer, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
 import { freePort, startRedis, type RedisServer } from './redis-server.js';
@@ -189,7 +189,7 @@ describe.skipIf(noSentinel)('Redis Sentinel', () => {
   });
 
   it('serves through `hookbot serve --redis redis-sentinel://...`', async () => {
-    if (!existsSync(fileURLToPath(new URL('../dist/backends/redis-connect.js', import.meta.url)))) {
+    if (!existsSync(fileURLToPath(new URL('../dist/server/backends/redis-connect.js', import.meta.url)))) {
       throw new Error('dist/ is not built: run `npx tsc -p .` (npm test does it) before this file');
     }
     const node: Proc & { url: string } = await startServeProcess(['--redis', `${url}/5`], { HOOKBOT_RATE_LIMIT: '0' });

@@ -6,11 +6,11 @@
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
-import { Message, type Headers } from '../src/message.js';
-import { RecentIds } from '../src/routers/dedupe.js';
-import { createGithubRouter, githubEnvelope, GITHUB_FEED } from '../src/routers/github.js';
-import { createGitlabRouter, gitlabEnvelope, gitlabEventSlug, GITLAB_FEED } from '../src/routers/gitlab.js';
-import { claimAny, decodeBase64, goJSON, matchesAny, safeEqual, type RouterEvent, type RouterHost } from '../src/routers/router.js';
+import { Message, type Headers } from '../src/protocol/message.js';
+import { RecentIds } from '../src/server/routers/dedupe.js';
+import { createGithubRouter, githubEnvelope, GITHUB_FEED } from '../src/server/routers/github.js';
+import { createGitlabRouter, gitlabEnvelope, gitlabEventSlug, GITLAB_FEED } from '../src/server/routers/gitlab.js';
+import { claimAny, decodeBase64, goJSON, matchesAny, safeEqual, type RouterEvent, type RouterHost } from '../src/server/routers/router.js';
 
 interface Example {
   name: string;

@@ -6,9 +6,9 @@
 import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HookbotServer } from '../src/server.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { Redis } from 'ioredis';
-import { RedisSeenStore } from '../src/routers/dedupe.js';
+import { RedisSeenStore } from '../src/server/routers/dedupe.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 import { Inbox, runCli, startServeProcess, startTestServer, subscribe, wsConnect, bearer } from './helpers.js';
 

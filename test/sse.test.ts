@@ -5,7 +5,7 @@
  */
 import { request, type IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HookbotServer } from '../src/server.js';
+import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, publish, startTestServer } from './helpers.js';
 
 const UNSAFE_OK = { 'x-hookbot-unsafe-is-ok': 'I understand the security implications' };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { makeToken, presentedToken, subpaths, TokenVerifier } from '../src/tokens.js';
+import { makeToken, presentedToken, subpaths, TokenVerifier } from '../src/protocol/tokens.js';
 
 describe('tokens', () => {
   it('are hex HMAC-SHA1 of the path, as the protocol page examples', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { parseEndpoint, PathError, TopicIndex } from '../src/topics.js';
+import { parseEndpoint, PathError, TopicIndex } from '../src/protocol/topics.js';
 
 describe('TopicIndex', () => {
   it('matches the exact topic and each /-ending ancestor, nothing else', () => {

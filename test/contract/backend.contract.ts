@@ -3,8 +3,8 @@
  * (test/backend-memory.test.ts, test/backend-redis.test.ts).
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { BackendUnavailableError, DEFAULT_RETENTION, type Backend, type Retention } from '../../src/backends/backend.js';
-import { compareIds, isMessageId, type Message } from '../../src/message.js';
+import { BackendUnavailableError, DEFAULT_RETENTION, type Backend, type Retention } from '../../src/server/backends/backend.js';
+import { compareIds, isMessageId, type Message } from '../../src/protocol/message.js';
 
 export interface MadeBackend {
   backend: Backend;

@@ -5,13 +5,13 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import express from 'express';
-import { BackendUnavailableError } from './backends/backend.js';
-import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from './context.js';
-import { ENVELOPES } from './envelopes.js';
-import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from './inspector.js';
-import type { SseTransport } from './sse.js';
-import { Message } from './message.js';
-import { parseEndpoint, PathError, type Endpoint } from './topics.js';
+import { BackendUnavailableError } from '../backends/backend.js';
+import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from '../context.js';
+import { ENVELOPES } from '../routers/envelopes.js';
+import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
+import type { SseTransport } from '../transports/sse.js';
+import { Message } from '../../protocol/message.js';
+import { parseEndpoint, PathError, type Endpoint } from '../../protocol/topics.js';
 
 const TEXT = 'text/plain; charset=utf-8';
 // A string body lets node send status line, headers and body in one write.

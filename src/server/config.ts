@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
 import { checkRedisUrl } from './backends/redis.js';
-import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './limits.js';
+import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {

@@ -9,7 +9,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
-import type { Broker } from './broker.js';
+import type { Broker } from '../broker.js';
 
 /** Why a publish was refused; a fixed set so the label stays bounded. */
 export type RejectReason = 'unauthorized' | 'too_large' | 'bad_request' | 'unavailable' | 'rate_limited' | 'error';

@@ -8,7 +8,7 @@
  * later. So every publish costs O(1) amortised, whatever the number of topics.
  */
 import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
-import { compareIds, IdGenerator, idTime, Message, type Headers } from '../message.js';
+import { compareIds, IdGenerator, idTime, Message, type Headers } from '../../protocol/message.js';
 
 interface Entry {
   message: Message;

@@ -5,8 +5,8 @@
  */
 import type { Backend, HistoryResult } from './backends/backend.js';
 import type { Logger } from './log.js';
-import { compareIds, type Headers, type Message } from './message.js';
-import { TopicIndex } from './topics.js';
+import { compareIds, type Headers, type Message } from '../protocol/message.js';
+import { TopicIndex } from '../protocol/topics.js';
 
 export interface Subscriber {
   /** The subscribed topic; ending in `/` makes it recursive. */

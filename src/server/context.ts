@@ -4,10 +4,10 @@
  */
 import type { Broker } from './broker.js';
 import type { Config } from './config.js';
-import type { Limits } from './limits.js';
+import type { Limits } from './ops/limits.js';
 import type { Logger } from './log.js';
-import type { Metrics } from './metrics.js';
-import type { TokenVerifier } from './tokens.js';
+import type { Metrics } from './ops/metrics.js';
+import type { TokenVerifier } from '../protocol/tokens.js';
 
 export interface Context {
   readonly config: Config;

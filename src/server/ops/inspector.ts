@@ -7,11 +7,11 @@
  * app; this module only deals in plain requests and answers.
  */
 import { fileURLToPath } from 'node:url';
-import type { Context } from './context.js';
-import { isMessageId, type Headers, type Message } from './message.js';
+import type { Context } from '../context.js';
+import { isMessageId, type Headers, type Message } from '../../protocol/message.js';
 
 /** The static page, found relative to this file so it works from src/ and from dist/. */
-export const INSPECTOR_DIR = fileURLToPath(new URL('../public/inspector/', import.meta.url));
+export const INSPECTOR_DIR = fileURLToPath(new URL('../../../public/inspector/', import.meta.url));
 
 /** The path an inspector token is made for. */
 export const INSPECTOR_PATH = '/_/';

@@ -4,8 +4,8 @@
  * `json.Marshal(map[string]interface{}{...})`: keys sorted, `<>&` escaped,
  * payload as standard base64.
  */
-import { githubEnvelope } from './routers/github.js';
-import { gitlabEnvelope } from './routers/gitlab.js';
+import { githubEnvelope } from './github.js';
+import { gitlabEnvelope } from './gitlab.js';
 
 /** Gets the request's own headers: gitlab's Delivery is Idempotency-Key, which is not a kept header. */
 export type EnvelopeBuilder = (headers: Readonly<Record<string, string | string[] | undefined>>, body: Buffer) => Buffer;

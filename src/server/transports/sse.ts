@@ -20,11 +20,11 @@
  * switches to live with no gap and no duplicate.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Subscriber } from './broker.js';
-import { parseSince, type Context } from './context.js';
-import { isMessageId, isUtf8Text, type Message } from './message.js';
-import { Outbox } from './outbox.js';
-import type { Endpoint } from './topics.js';
+import type { Subscriber } from '../broker.js';
+import { parseSince, type Context } from '../context.js';
+import { isMessageId, isUtf8Text, type Message } from '../../protocol/message.js';
+import { Outbox } from '../outbox.js';
+import type { Endpoint } from '../../protocol/topics.js';
 
 const CR = 0x0d;
 

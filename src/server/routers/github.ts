@@ -12,7 +12,7 @@
  *   receiver can verify the signature again) on `.../event/<event>`.
  */
 import { createHmac } from 'node:crypto';
-import type { Headers, Message } from '../message.js';
+import type { Headers, Message } from '../../protocol/message.js';
 import { RecentIds } from './dedupe.js';
 import {
   type Output,

@@ -11,14 +11,14 @@ import { RedisBackend } from './backends/redis.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
-import { createHttpHandler, type HttpHandler } from './http.js';
-import { Limits } from './limits.js';
+import { createHttpHandler, type HttpHandler } from './http/handler.js';
+import { Limits } from './ops/limits.js';
 import { createLogger, type Logger } from './log.js';
-import { Metrics } from './metrics.js';
+import { Metrics } from './ops/metrics.js';
 import { startRouters } from './routers/index.js';
-import { SseTransport } from './sse.js';
-import { TokenVerifier } from './tokens.js';
-import { WebSocketTransport } from './ws.js';
+import { SseTransport } from './transports/sse.js';
+import { TokenVerifier } from '../protocol/tokens.js';
+import { WebSocketTransport } from './transports/websocket.js';
 
 export interface HookbotServer {
   readonly port: number;

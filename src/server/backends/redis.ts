@@ -41,7 +41,7 @@ import type { EventEmitter } from 'node:events';
 import type { Redis, RedisOptions } from 'ioredis';
 import { checkRedisUrl, connectRedis, type RedisConnection } from './redis-connect.js';
 import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
-import { compareIds, Message, type Headers } from '../message.js';
+import { compareIds, Message, type Headers } from '../../protocol/message.js';
 
 /** The parts of a pino logger this file uses. */
 export interface LogLike {

@@ -4,7 +4,7 @@
  * Redis backend lets several nodes share fan-out and history. Both run the same
  * contract suite (test/contract/backend.contract.ts).
  */
-import type { Headers, Message } from '../message.js';
+import type { Headers, Message } from '../../protocol/message.js';
 
 export interface Retention {
   /** Messages kept per topic; 0 disables history. */

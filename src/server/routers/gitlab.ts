@@ -13,7 +13,7 @@
  * - every event: the envelope (Token blanked) on `.../event/<slug>`, where the
  *   slug of "Merge Request Hook" is `merge_request`.
  */
-import type { Headers, Message } from '../message.js';
+import type { Headers, Message } from '../../protocol/message.js';
 import { RecentIds } from './dedupe.js';
 import {
   type Output,

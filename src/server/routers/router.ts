@@ -7,7 +7,7 @@
  * for bad input: anything reaching an `/unsafe/` feed is attacker-controlled.
  */
 import { timingSafeEqual, createHash } from 'node:crypto';
-import type { Headers, Message } from '../message.js';
+import type { Headers, Message } from '../../protocol/message.js';
 
 export type RouterEvent = 'verified' | 'failed' | 'duplicate' | 'published';
 

@@ -10,9 +10,9 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { Command } from 'commander';
-import { ConfigError, parseCount, parseDuration } from './config.js';
-import { subscribe, SubscribeError, type Message, type SubscribeOptions, type Subscription } from './client.js';
-import { createLogger, type Logger } from './log.js';
+import { ConfigError, parseCount, parseDuration } from '../server/config.js';
+import { subscribe, SubscribeError, type Message, type SubscribeOptions, type Subscription } from '../client/index.js';
+import { createLogger, type Logger } from '../server/log.js';
 
 /** Exit status for bad input (URL, token, options): distinct from a crash (1). */
 export const EXIT_USAGE = 2;

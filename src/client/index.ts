@@ -17,10 +17,10 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
-import { Message, compareIds, isMessageId, type MessageJSON } from './message.js';
+import { Message, compareIds, isMessageId, type MessageJSON } from '../protocol/message.js';
 
 export { Message };
-export type { Headers, MessageJSON } from './message.js';
+export type { Headers, MessageJSON } from '../protocol/message.js';
 
 export const SUBPROTOCOL = 'hookbot.v1';
 const UNSAFE_HEADER = 'X-Hookbot-Unsafe-Is-Ok';

@@ -3,11 +3,11 @@
  * the subscriber commands.
  */
 import { Command, Option } from 'commander';
-import { registerClientCommands } from './client-cli.js';
-import { ConfigError, resolveKeys, resolveServeConfig, type ServeOptions } from './config.js';
-import { createLogger } from './log.js';
-import { startServer } from './server.js';
-import { makeToken } from './tokens.js';
+import { registerClientCommands } from './client.js';
+import { ConfigError, resolveKeys, resolveServeConfig, type ServeOptions } from '../server/config.js';
+import { createLogger } from '../server/log.js';
+import { startServer } from '../server/server.js';
+import { makeToken } from '../protocol/tokens.js';
 
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 

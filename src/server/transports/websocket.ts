@@ -11,11 +11,11 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { Subscriber } from './broker.js';
-import { Outbox } from './outbox.js';
-import { parseSince, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from './context.js';
-import { isMessageId, type Message } from './message.js';
-import { isRecursive, parseEndpoint, PathError, type Endpoint } from './topics.js';
+import type { Subscriber } from '../broker.js';
+import { Outbox } from '../outbox.js';
+import { parseSince, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from '../context.js';
+import { isMessageId, type Message } from '../../protocol/message.js';
+import { isRecursive, parseEndpoint, PathError, type Endpoint } from '../../protocol/topics.js';
 
 export const SUBPROTOCOL = 'hookbot.v1';
 
