@@ -10,7 +10,6 @@ import { join } from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import { WebSocketServer, type WebSocket } from 'ws';
 import {
-  backoffDelay,
   parseSubscribeUrl,
   readStateFile,
   subscribe,
@@ -18,6 +17,7 @@ import {
   type Subscription,
 } from '../src/client/index.js';
 import { Message } from '../src/protocol/message.js';
+import { backoffDelay } from '../src/util/backoff.js';
 
 interface Conn {
   ws: WebSocket;
@@ -224,7 +224,7 @@ describe('backoffDelay', () => {
     for (let attempt = 0; attempt < 12; attempt++) {
       const ceiling = Math.min(1000, 50 * 2 ** attempt);
       for (let i = 0; i < 50; i++) {
-        const d = backoffDelay(attempt, 50, 1000);
+        const d = backoffDelay(attempt, { minMs: 50, maxMs: 1000 });
         expect(d).toBeGreaterThanOrEqual(0);
         expect(d).toBeLessThanOrEqual(ceiling);
       }

@@ -10,7 +10,8 @@ import { Message, type Headers } from '../src/protocol/message.js';
 import { RecentIds } from '../src/server/routers/dedupe.js';
 import { createGithubRouter, githubEnvelope, GITHUB_FEED } from '../src/server/routers/github.js';
 import { createGitlabRouter, gitlabEnvelope, gitlabEventSlug, GITLAB_FEED } from '../src/server/routers/gitlab.js';
-import { claimAny, decodeBase64, goJSON, matchesAny, safeEqual, type RouterEvent, type RouterHost } from '../src/server/routers/router.js';
+import { claimAny, decodeBase64, goJSON, type RouterEvent, type RouterHost } from '../src/server/routers/router.js';
+import { matchesAny, safeEqual } from '../src/util/safe-equal.js';
 
 interface Example {
   name: string;

@@ -13,6 +13,7 @@ import type { Command } from 'commander';
 import { ConfigError, parseCount, parseDuration } from '../server/config.js';
 import { subscribe, SubscribeError, type Message, type SubscribeOptions, type Subscription } from '../client/index.js';
 import { createLogger, type Logger } from '../server/log.js';
+import { backoffDelay } from '../util/backoff.js';
 
 /** Exit status for bad input (URL, token, options): distinct from a crash (1). */
 export const EXIT_USAGE = 2;
@@ -174,10 +175,9 @@ function eventOf(m: Message): string {
   return m.headers['x-github-event'] ?? m.headers['x-gitlab-event'] ?? '';
 }
 
-/** Retry delay: exponential with jitter in [ceiling/2, ceiling], so retries never bunch up at zero. */
-function retryDelay(attempt: number, baseMs: number, maxMs = 30_000): number {
-  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
-  return Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
+/** Retry delay: exponential, at least half its ceiling, so retries never bunch up at zero. */
+function retryDelay(attempt: number, baseMs: number): number {
+  return backoffDelay(attempt, { minMs: baseMs, maxMs: 30_000, jitter: 0.5 });
 }
 
 /** Resolves after ms, or rejects as soon as `signal` aborts. */

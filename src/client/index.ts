@@ -18,6 +18,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import WebSocket from 'ws';
 import { Message, compareIds, isMessageId, type MessageJSON } from '../protocol/message.js';
+import { backoffDelay } from '../util/backoff.js';
 
 export { Message };
 export type { Headers, MessageJSON } from '../protocol/message.js';
@@ -207,11 +208,6 @@ export function writeStateFile(path: string, id: string): void {
   }
 }
 
-/** Delay before reconnect `attempt` (0-based): uniform in [0, min(max, min·2^attempt)]. */
-export function backoffDelay(attempt: number, minMs: number, maxMs: number): number {
-  const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
-  return Math.round(Math.random() * ceiling);
-}
 
 const CERT_ERRORS = new Set([
   'DEPTH_ZERO_SELF_SIGNED_CERT',
@@ -624,7 +620,7 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
   }
 
   #scheduleReconnect(): void {
-    const delayMs = backoffDelay(this.#attempt, this.#opts.minBackoffMs, this.#opts.maxBackoffMs);
+    const delayMs = backoffDelay(this.#attempt, { minMs: this.#opts.minBackoffMs, maxMs: this.#opts.maxBackoffMs });
     this.#attempt++;
     this.emit('reconnect', { attempt: this.#attempt, delayMs, since: this.#lastReceived ?? this.#resumeFrom });
     this.#reconnectTimer = setTimeout(() => this.#connect(), delayMs);

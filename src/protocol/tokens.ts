@@ -7,6 +7,7 @@
  * `/foo/` tokens work for both publishing and subscribing.
  */
 import { createHmac } from 'node:crypto';
+import { includesSlot } from '../util/safe-equal.js';
 
 export function makeToken(key: string, path: string): string {
   return createHmac('sha1', key).update(path).digest('hex');
@@ -124,18 +125,8 @@ export class TokenVerifier {
    */
   verify(path: string, token: string | undefined, cache = true): boolean {
     if (token === undefined || token.length !== TOKEN_BYTES * 2 || !/^[0-9a-f]+$/.test(token)) return false;
-    const given = Buffer.from(token, 'hex');
-    const valid = this.#validTokens(path, cache);
-    // Constant time: every byte of every candidate is compared, with no branch on the data, so
-    // timing says nothing about how close a guess came or which candidate matched. Done here
-    // rather than with timingSafeEqual on per-candidate views so a publish allocates nothing.
-    let matched = 0;
-    for (let offset = 0; offset < valid.length; offset += TOKEN_BYTES) {
-      let diff = 0;
-      for (let i = 0; i < TOKEN_BYTES; i++) diff |= valid[offset + i] ^ given[i];
-      matched |= ((diff - 1) >>> 31) & 1;
-    }
-    return matched === 1;
+    // Constant time over every candidate digest, so timing says nothing about how close a guess came or which matched.
+    return includesSlot(this.#validTokens(path, cache), Buffer.from(token, 'hex'));
   }
 
   /** verify() for an `Authorization` header value. */

@@ -14,6 +14,7 @@
  *       (default port 6379; any few nodes serve as seeds, the rest is discovered)
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import { backoffDelay } from '../../util/backoff.js';
 
 export interface HostPort {
   host: string;
@@ -199,7 +200,7 @@ export function connectRedis(url: string, options: RedisOptions, role: 'command'
         // ioredis reads host and port from its options object on every connect.
         sub.options.host = next.host;
         sub.options.port = next.port;
-        return retry ? retry(times) : Math.min(times * 50, 2000);
+        return retry ? retry(times) : backoffDelay(times - 1, { minMs: 50, maxMs: 2000, jitter: 0.5 });
       },
     });
     return sub;

@@ -42,6 +42,7 @@ import type { Redis, RedisOptions } from 'ioredis';
 import { checkRedisUrl, connectRedis, type RedisConnection } from './redis-connect.js';
 import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
 import { compareIds, Message, type Headers } from '../../protocol/message.js';
+import { backoffDelay } from '../../util/backoff.js';
 
 /** The parts of a pino logger this file uses. */
 export interface LogLike {
@@ -282,7 +283,7 @@ export class RedisBackend implements Backend {
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
       connectTimeout: 5000,
-      retryStrategy: (times) => Math.min(minDelay * 2 ** Math.min(times - 1, 10), maxDelay) * (0.75 + Math.random() / 2),
+      retryStrategy: (times) => backoffDelay(times - 1, { minMs: minDelay, maxMs: maxDelay, jitter: 0.5 }),
       lazyConnect: false,
     };
     this.#cmd = connectRedis(url, { ...common, commandTimeout: options.commandTimeoutMs ?? 3000, connectionName: `${ns}-cmd` }) as ScriptedRedis;

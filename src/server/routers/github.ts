@@ -13,6 +13,7 @@
  */
 import { createHmac } from 'node:crypto';
 import type { Headers, Message } from '../../protocol/message.js';
+import { matchesAny } from '../../util/safe-equal.js';
 import { RecentIds } from './dedupe.js';
 import {
   type Output,
@@ -25,7 +26,6 @@ import {
   headerValue,
   isSafeTopicPart,
   logSafe,
-  matchesAny,
   objectField,
   parseJSON,
   publishAll,

@@ -14,6 +14,7 @@
  *   slug of "Merge Request Hook" is `merge_request`.
  */
 import type { Headers, Message } from '../../protocol/message.js';
+import { matchesAny } from '../../util/safe-equal.js';
 import { RecentIds } from './dedupe.js';
 import {
   type Output,
@@ -26,7 +27,6 @@ import {
   headerValue,
   isSafeTopicPart,
   logSafe,
-  matchesAny,
   objectField,
   parseJSON,
   publishAll,

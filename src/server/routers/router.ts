@@ -6,7 +6,7 @@
  * what it verified onto safe (token-protected) topics. Routers never throw
  * for bad input: anything reaching an `/unsafe/` feed is attacker-controlled.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import type { Headers, Message } from '../../protocol/message.js';
 
 export type RouterEvent = 'verified' | 'failed' | 'duplicate' | 'published';
@@ -51,21 +51,6 @@ export interface SeenStore {
   claim(key: string): boolean | Promise<boolean>;
   /** Forgets a claim, so a delivery whose publish failed can be retried. */
   release(key: string): void | Promise<void>;
-}
-
-/** Constant-time string equality; does not leak the length of `expected` either. */
-export function safeEqual(presented: string, expected: string): boolean {
-  // Hashing first gives equal-length inputs for timingSafeEqual whatever was presented.
-  const a = createHash('sha256').update(presented).digest();
-  const b = createHash('sha256').update(expected).digest();
-  return timingSafeEqual(a, b);
-}
-
-/** Constant-time check of `presented` against every configured value (no early exit on match). */
-export function matchesAny(presented: string, expected: readonly string[]): boolean {
-  let ok = false;
-  for (const e of expected) ok = safeEqual(presented, e) || ok;
-  return ok;
 }
 
 /**
