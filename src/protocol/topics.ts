@@ -59,6 +59,12 @@ export class TopicIndex<S> {
     return this.#count;
   }
 
+  /** Every subscribed topic with its subscribers. */
+  *entries(): IterableIterator<[topic: string, subscribers: ReadonlySet<S>]> {
+    yield* this.#exact;
+    yield* this.#recursive;
+  }
+
   /** Subscribed topics with their subscriber counts. */
   *topics(): IterableIterator<[topic: string, subscribers: number]> {
     for (const [t, s] of this.#exact) yield [t, s.size];

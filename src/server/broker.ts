@@ -3,7 +3,7 @@
  * subscribers. Transports (WebSocket, SSE, in-server routers) implement
  * Subscriber; the broker never knows how bytes reach a client.
  */
-import type { Backend, HistoryResult } from './backends/backend.js';
+import type { Backend, HistoryResult, PublishOptions } from './backends/backend.js';
 import type { Logger } from './log.js';
 import { compareIds, type Headers, type Message } from '../protocol/message.js';
 import { TopicIndex } from '../protocol/topics.js';
@@ -17,6 +17,12 @@ export interface Subscriber {
   gap?(since: string): void;
   /** Replay is over; what follows is live. */
   live?(): void;
+  /**
+   * Live delivery missed messages after `since` (the node fell behind): the
+   * subscriber must be told, with a gap event or by being closed so that it
+   * resumes by id. Never left with a silent hole.
+   */
+  lost?(since: string): void;
   /**
    * Replay pacing: a promise (resolved once it has drained, or closed) while the
    * subscriber's queue is too full to take more history now, else undefined.
@@ -50,6 +56,16 @@ export class Broker {
     this.#backend = backend;
     this.#log = log;
     backend.setListener((m) => this.#dispatch(m));
+    backend.onLost?.((afterId) => this.#lost(afterId));
+  }
+
+  /** The backend may have missed messages after `afterId` on this node: every subscriber hears of it. */
+  #lost(afterId: string): void {
+    this.#log.warn({ afterId, subscriptions: this.#index.size }, 'this node fell behind the catch-up window; telling every subscriber about the gap');
+    // Collected first: a subscriber told may close, and leave the index, at once.
+    const all: Subscriber[] = [];
+    for (const [, subs] of this.#index.entries()) all.push(...subs);
+    for (const sub of all) sub.lost?.(afterId);
   }
 
   get backend(): Backend {
@@ -80,8 +96,8 @@ export class Broker {
    * Resolves once the backend accepted the message and (for this node) it was
    * handed to every matching subscriber's queue.
    */
-  async publish(topic: string, headers: Headers, body: Buffer): Promise<Message> {
-    const message = await this.#backend.publish(topic, headers, body);
+  async publish(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Promise<Message> {
+    const message = await this.#backend.publish(topic, headers, body, options);
     this.stats.publishes++;
     return message;
   }
@@ -91,10 +107,10 @@ export class Broker {
    * the HTTP hot path needs no promise; otherwise the same promise.
    * Throws (sync case) or rejects exactly as publish() rejects.
    */
-  publishNow(topic: string, headers: Headers, body: Buffer): Message | Promise<Message> {
+  publishNow(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Message | Promise<Message> {
     const backend = this.#backend;
-    if (!backend.publishSync) return this.publish(topic, headers, body);
-    const message = backend.publishSync(topic, headers, body);
+    if (!backend.publishSync) return this.publish(topic, headers, body, options);
+    const message = backend.publishSync(topic, headers, body, options);
     this.stats.publishes++;
     return message;
   }

@@ -41,7 +41,7 @@ const CLOSE_GRACE_MS = 2000;
 
 export function createBackend(config: Config, log?: Logger): Backend {
   if (config.redisUrl) return new RedisBackend(config.redisUrl, config.retention, log?.child({ backend: 'redis' }));
-  return new MemoryBackend(config.retention);
+  return new MemoryBackend(config.retention, Date.now, { windowMs: config.dedupeWindowMs });
 }
 
 /** How long startup waits for Redis before serving anyway (publishes answer 503 until it is reachable). */

@@ -24,6 +24,16 @@ export interface HistoryResult {
   messages: Message[];
 }
 
+export interface PublishOptions {
+  /**
+   * A publisher's key for this message (`Idempotency-Key`, or a GitHub
+   * delivery id). A publish repeating a key already stored for the same topic
+   * within the dedupe window stores nothing and resolves with the original
+   * message, so a sender retrying after a lost answer never makes a duplicate.
+   */
+  idempotencyKey?: string;
+}
+
 export interface Backend {
   readonly name: string;
   /**
@@ -32,19 +42,25 @@ export interface Backend {
    * (for Redis: once Redis has it); rejects with BackendUnavailableError if it
    * cannot be, so a publisher is never told OK for a message that is lost.
    */
-  publish(topic: string, headers: Headers, body: Buffer): Promise<Message>;
+  publish(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Promise<Message>;
   /**
    * publish() without the promise, for backends that accept in-process; it
    * throws where publish() would reject. Saves the publish hot path two
    * microtask hops.
    */
-  publishSync?(topic: string, headers: Headers, body: Buffer): Message;
+  publishSync?(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Message;
   /**
    * The node's one listener: called once per message per node, in publish order
    * per topic, for every message published on any node. The memory backend
    * calls it before publish() resolves.
    */
   setListener(listener: (message: Message) => void): void;
+  /**
+   * Called when this node may have missed messages with ids above `afterId`
+   * (it fell further behind than the backend can catch up on): every local
+   * subscriber is then told, never left with a silent hole.
+   */
+  onLost?(listener: (afterId: string) => void): void;
   /**
    * Retained messages after `since` for an exact topic, or for every topic under
    * `topic` when it ends in `/`. `since` undefined means everything retained.
@@ -73,6 +89,24 @@ export const DEFAULT_RETENTION: Retention = {
   ageMs: 24 * 60 * 60 * 1000,
   totalBytes: 256 * 1024 * 1024,
 };
+
+/** What one retained message costs beyond its topic, headers and body (ids, indexes, bookkeeping). */
+export const MESSAGE_OVERHEAD = 64;
+
+/**
+ * The bytes a retained message is accounted as, against --history-bytes and
+ * --history-total-bytes: everything stored, not only the body, so no mix of
+ * long topics, big kept headers and empty bodies can grow memory or disk
+ * unaccounted.
+ */
+export function storedSize(topic: string, headers: Headers, body: Buffer): number {
+  let n = MESSAGE_OVERHEAD + Buffer.byteLength(topic) + body.length;
+  for (const name in headers) n += name.length + Buffer.byteLength(headers[name]);
+  return n;
+}
+
+/** Idempotency keys longer than this are refused (400): a key is an id, not a payload. */
+export const MAX_IDEMPOTENCY_KEY = 256;
 
 export function historyEnabled(r: Retention): boolean {
   return r.count > 0 && r.bytes > 0 && r.ageMs > 0 && r.totalBytes > 0;

@@ -7,7 +7,8 @@
  * pop the topic's head and leave a hole in the global list that is skipped
  * later. So every publish costs O(1) amortised, whatever the number of topics.
  */
-import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
+import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type PublishOptions, type Retention } from './backend.js';
+import { IdempotencyKeys, type IdempotencyOptions } from './idempotency.js';
 import { compareIds, IdGenerator, idTime, Message, type Headers } from '../../protocol/message.js';
 
 interface Entry {
@@ -45,8 +46,10 @@ export class MemoryBackend implements Backend {
   /** Ids at or before this millisecond were given out by an earlier process, whose history is gone. */
   readonly #startedAt: number;
   #lastId: string | undefined;
+  readonly #idempotency: IdempotencyKeys;
 
-  constructor(retention: Retention, now: () => number = Date.now) {
+  constructor(retention: Retention, now: () => number = Date.now, idempotency: IdempotencyOptions = {}) {
+    this.#idempotency = new IdempotencyKeys(idempotency);
     this.#retention = retention;
     this.#enabled = historyEnabled(retention);
     this.#now = now;
@@ -62,15 +65,22 @@ export class MemoryBackend implements Backend {
     return !this.#closed;
   }
 
-  async publish(topic: string, headers: Headers, body: Buffer): Promise<Message> {
-    return this.publishSync(topic, headers, body);
+  async publish(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Promise<Message> {
+    return this.publishSync(topic, headers, body, options);
   }
 
   /** publish() without the promise, for the hot path. */
-  publishSync(topic: string, headers: Headers, body: Buffer): Message {
+  publishSync(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Message {
     if (this.#closed) throw new BackendUnavailableError('server is shutting down');
     const now = this.#now();
+    const key = options?.idempotencyKey;
+    if (key !== undefined) {
+      const original = this.#idempotency.get(topic, key, now);
+      // Already stored: the original id, and nothing stored or dispatched again.
+      if (original !== undefined) return new Message(original, topic, headers, body);
+    }
     const message = new Message(this.#ids.next(now), topic, headers, body, now);
+    if (key !== undefined) this.#idempotency.set(topic, key, message.id, now);
     this.#lastId = message.id;
     if (this.#enabled) this.#retain(message, now);
     this.#listener(message);

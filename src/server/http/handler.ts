@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import express from 'express';
-import { BackendUnavailableError } from '../backends/backend.js';
+import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY } from '../backends/backend.js';
 import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from '../context.js';
 import { ENVELOPES } from '../routers/envelopes.js';
 import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
@@ -115,6 +115,15 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
     req.resume();
     res.on('finish', () => req.destroy());
   };
+  // A retry of a publish already stored gets the original id back; GitHub's delivery id serves for its envelopes.
+  const idempotencyHeader = req.headers['idempotency-key'] ?? (metadata === 'github' ? req.headers['x-github-delivery'] : undefined);
+  const idempotencyKey = Array.isArray(idempotencyHeader) ? idempotencyHeader[0] : idempotencyHeader || undefined;
+  if (idempotencyKey !== undefined && idempotencyKey.length > MAX_IDEMPOTENCY_KEY) {
+    metrics.publishRejected('bad_request');
+    return reply(res, 400, `400 Bad Request: Idempotency-Key is longer than ${MAX_IDEMPOTENCY_KEY} characters`);
+  }
+  const options = idempotencyKey === undefined ? undefined : { idempotencyKey };
+
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) return tooLarge();
 
@@ -155,7 +164,7 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
     };
     let result: Message | Promise<Message>;
     try {
-      result = ctx.broker.publishNow(endpoint.topic, headers, body);
+      result = ctx.broker.publishNow(endpoint.topic, headers, body, options);
     } catch (err) {
       return refused(err as Error);
     }
