@@ -80,6 +80,10 @@ class SseSubscriber implements Subscriber {
     this.#out.write(gapEvent(since));
   }
 
+  lost(since: string): void {
+    this.#out.write(gapEvent(since));
+  }
+
   live(): void {
     this.#out.live();
   }

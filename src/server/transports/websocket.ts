@@ -22,6 +22,9 @@ export const SUBPROTOCOL = 'hookbot.v1';
 /** Frames a subscriber may send (pings, pongs, close) never need more. */
 const MAX_INCOMING_FRAME = 4096;
 
+/** Close code for a raw subscriber whose node missed messages (a private code: 4000-4999). */
+export const CLOSE_MISSED = 4000;
+
 const OPCODE_TEXT = 0x1;
 const OPCODE_BINARY = 0x2;
 
@@ -92,6 +95,12 @@ class WsSubscriber implements Subscriber {
 
   gap(since: string): void {
     if (this.#key === 'ws:v1') this.#out.write(frame(Buffer.from(JSON.stringify({ type: 'gap', since })), OPCODE_TEXT));
+  }
+
+  lost(since: string): void {
+    if (this.#key === 'ws:v1') return this.gap(since);
+    // Raw frames cannot say "you missed some": close, so the client reconnects and resumes by ?since=.
+    this.ws.close(CLOSE_MISSED, 'messages were missed; reconnect with ?since=<last id>');
   }
 
   live(): void {
