@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token } from './helpers.js';
 
-const ARTIFACTS = fileURLToPath(new URL('./artifacts', import.meta.url));
+const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 let server: HookbotServer;
