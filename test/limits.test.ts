@@ -8,7 +8,8 @@
 import type { IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveServeConfig } from '../src/server/config.js';
-import { addressKey, clientAddress, Limits, RateLimiter } from '../src/server/ops/limits.js';
+import { HttpError } from '../src/protocol/errors.js';
+import { addressKey, clientAddress, Limits, RateLimiter, type Slot } from '../src/server/ops/limits.js';
 import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
@@ -95,19 +96,20 @@ describe('client addresses', () => {
     const a1 = limits.admitSubscriber(fakeRequest('192.0.2.1'));
     const a2 = limits.admitSubscriber(fakeRequest('192.0.2.1'));
     const a3 = limits.admitSubscriber(fakeRequest('192.0.2.1'));
-    expect([a1.ok, a2.ok, a3.ok]).toEqual([true, true, false]);
-    expect(a3.ok ? 0 : a3.status).toBe(429);
+    const ok = (a: Slot | HttpError): a is Slot => !(a instanceof HttpError);
+    expect([ok(a1), ok(a2), ok(a3)]).toEqual([true, true, false]);
+    expect(ok(a3) ? 0 : a3.status).toBe(429);
     const b1 = limits.admitSubscriber(fakeRequest('192.0.2.2'));
-    expect(b1.ok).toBe(true);
+    expect(ok(b1)).toBe(true);
     const c1 = limits.admitSubscriber(fakeRequest('192.0.2.3'));
-    expect(c1.ok ? 0 : c1.status).toBe(503);
-    if (a1.ok) {
+    expect(ok(c1) ? 0 : c1.status).toBe(503);
+    if (ok(a1)) {
       a1.release();
       a1.release();
     }
     expect(limits.subscriptions).toBe(2);
-    if (a2.ok) a2.release();
-    if (b1.ok) b1.release();
+    if (ok(a2)) a2.release();
+    if (ok(b1)) b1.release();
     expect(limits.subscriptions).toBe(0);
     expect(limits.subscriberAddresses).toBe(0);
   });

@@ -150,7 +150,7 @@ describe('misbehaving subscribers', () => {
       await fast.waitFor(n, 20_000);
       expect(fast.messages.map((m) => m.data.readUInt32BE(0))).toEqual(Array.from({ length: n }, (_, i) => i));
       await eventually(() => own.broker.stats.slowDisconnects === 1, 5000, 'slow disconnect');
-      expect(own.ws.stats.slowDisconnects).toBe(1);
+      expect(own.sessions.slowDisconnects.ws).toBe(1);
       expect(slow.messages.length).toBeLessThan(n);
     } finally {
       await own.close();

@@ -301,7 +301,7 @@ describe('SSE resume', () => {
       const events = await s.waitFor(41, 10_000);
       expect(events.map((e) => e.id)).toEqual([...ids, live]);
       expect(events.slice(0, 40).every((e) => e.data === body)).toBe(true);
-      expect(srv.sse.stats.slowDisconnects).toBe(0);
+      expect(srv.sessions.slowDisconnects.sse).toBe(0);
       s.close();
     } finally {
       await srv.close();
@@ -339,12 +339,12 @@ describe('SSE connection lifecycle', () => {
 
   it('unsubscribes when the client goes away', async () => {
     const before = server.broker.subscriptions;
-    const connected = server.sse.connected;
+    const connected = server.sessions.counts().sse;
     const s = await sse(server, '/sub/sse/bye');
-    expect(server.sse.connected).toBe(connected + 1);
+    expect(server.sessions.counts().sse).toBe(connected + 1);
     expect(server.broker.subscriptions).toBe(before + 1);
     s.close();
-    await eventually(() => server.sse.connected === connected && server.broker.subscriptions === before, 5000, 'unsubscribe');
+    await eventually(() => server.sessions.counts().sse === connected && server.broker.subscriptions === before, 5000, 'unsubscribe');
   });
 
   it('ends every stream on shutdown, and refuses new ones', async () => {
@@ -361,7 +361,7 @@ describe('SSE connection lifecycle', () => {
     await b.until(() => b.ended, 'stream b to end');
     // Well within the 2 s grace: the streams were ended, not cut off by the deadline.
     expect(Date.now() - started).toBeLessThan(1500);
-    expect(srv.sse.connected).toBe(0);
+    expect(srv.sessions.counts().sse).toBe(0);
   });
 
   it('disconnects a subscriber that stops reading once it is past --max-subscriber-buffer', async () => {
@@ -378,10 +378,10 @@ describe('SSE connection lifecycle', () => {
       let closed = false;
       res.socket.on('close', () => (closed = true));
       const chunk = Buffer.alloc(256 * 1024, 'x');
-      for (let i = 0; i < 400 && srv.sse.stats.slowDisconnects === 0; i++) await publish(srv, '/pub/sse/slow', chunk);
-      expect(srv.sse.stats.slowDisconnects).toBe(1);
+      for (let i = 0; i < 400 && srv.sessions.slowDisconnects.sse === 0; i++) await publish(srv, '/pub/sse/slow', chunk);
+      expect(srv.sessions.slowDisconnects.sse).toBe(1);
       expect(srv.broker.stats.slowDisconnects).toBe(1);
-      await eventually(() => srv.sse.connected === 0, 5000, 'slow subscriber gone');
+      await eventually(() => srv.sessions.counts().sse === 0, 5000, 'slow subscriber gone');
       res.resume();
       await eventually(() => closed, 5000, 'client socket closed');
     } finally {

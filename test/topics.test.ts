@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { parseEndpoint, PathError, TopicIndex } from '../src/protocol/topics.js';
+import { HttpError } from '../src/protocol/errors.js';
+import { parseEndpoint } from '../src/protocol/topics.js';
+import { TopicIndex } from '../src/server/topic-index.js';
 
 describe('TopicIndex', () => {
   it('matches the exact topic and each /-ending ancestor, nothing else', () => {
@@ -40,6 +42,6 @@ describe('parseEndpoint', () => {
     expect(() => parseEndpoint('/pub/a%0ab')).toThrow(/control character/);
     expect(() => parseEndpoint('/pub/')).toThrow(/topic is empty/);
     expect(() => parseEndpoint('/pub/x')).not.toThrow();
-    expect(() => parseEndpoint('/pub/%00')).toThrow(PathError);
+    expect(() => parseEndpoint('/pub/%00')).toThrow(HttpError);
   });
 });

@@ -7,8 +7,12 @@
  */
 
 import { isUtf8 } from 'node:buffer';
+import { HttpError, Status } from './errors.js';
 
 export type Headers = Record<string, string>;
+
+/** The WebSocket subprotocol whose frames are Message.toJSON() envelopes (and gap/live events). */
+export const SUBPROTOCOL = 'hookbot.v1';
 
 export class Message {
   readonly id: string;
@@ -86,6 +90,20 @@ const ID_RE = /^(\d{1,16})-(\d{1,16})$/;
 
 export function isMessageId(id: string): boolean {
   return ID_RE.test(id);
+}
+
+/**
+ * A resume point as a client gives it (`?since=`, `Last-Event-ID`, ...):
+ * undefined when absent or empty, `0-0` for `0` (everything retained), else
+ * the id. A malformed one is a 400 naming where it came from.
+ */
+export function parseSince(value: string | null | undefined, source = 'since'): string | undefined {
+  if (value === null || value === undefined || value === '') return undefined;
+  if (value === '0') return '0-0';
+  if (!isMessageId(value)) {
+    throw new HttpError(Status.BAD_REQUEST, `${source} must be a message id such as 1700000000000-0 (or 0 for all history), got ${JSON.stringify(value.slice(0, 64))}`);
+  }
+  return value;
 }
 
 /** Orders ids; both must satisfy isMessageId. */

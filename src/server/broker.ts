@@ -6,7 +6,7 @@
 import type { Backend, HistoryResult, PublishOptions } from './backends/backend.js';
 import type { Logger } from './log.js';
 import { compareIds, type Headers, type Message } from '../protocol/message.js';
-import { TopicIndex } from '../protocol/topics.js';
+import { TopicIndex } from './topic-index.js';
 
 export interface Subscriber {
   /** The subscribed topic; ending in `/` makes it recursive. */
@@ -205,10 +205,6 @@ export class Broker {
 
   history(topic: string, since?: string, limit?: number): Promise<HistoryResult> {
     return this.#backend.history(topic, since, limit);
-  }
-
-  logStats(): void {
-    this.#log.info({ subscribers: this.#index.size, ...this.stats }, 'stats');
   }
 
   close(): Promise<void> {

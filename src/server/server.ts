@@ -11,11 +11,12 @@ import { RedisBackend } from './backends/redis.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
-import { createHttpHandler, type HttpHandler } from './http/handler.js';
+import { createHttpHandler } from './http/handler.js';
 import { Limits } from './ops/limits.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './ops/metrics.js';
 import { startRouters } from './routers/index.js';
+import { Sessions } from './subscriber.js';
 import { SseTransport } from './transports/sse.js';
 import { TokenVerifier } from '../protocol/tokens.js';
 import { WebSocketTransport } from './transports/websocket.js';
@@ -26,9 +27,8 @@ export interface HookbotServer {
   readonly url: string;
   readonly broker: Broker;
   readonly config: Config;
-  readonly ws: WebSocketTransport;
-  readonly sse: SseTransport;
-  readonly http: HttpHandler;
+  /** Every connected subscriber, with counts per transport. */
+  readonly sessions: Sessions;
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly limits: Limits;
@@ -53,13 +53,14 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   }
   const broker = new Broker(backend, log);
   // Before the routers, so they can count verifications; ws and sse are read at scrape time only, by when they exist.
-  const metrics = new Metrics({ broker, subscribers: () => ({ ws: ws.connected, sse: sse.connected }) }, config.metricsToken);
+  const sessions = new Sessions(broker, log, config.maxSubscriberBuffer);
+  const metrics = new Metrics({ broker, subscribers: () => sessions.counts() }, config.metricsToken);
   // Subscribed before listening, so no webhook arriving at startup goes unrouted.
   const routers = await startRouters(config, broker, log, metrics);
   const limits = new Limits(config);
   const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, metrics, limits, shuttingDown: false };
-  const ws = new WebSocketTransport(ctx);
-  const sse = new SseTransport(ctx);
+  const ws = new WebSocketTransport(ctx, sessions);
+  const sse = new SseTransport(ctx, sessions);
   const http = createHttpHandler(ctx, sse);
 
   const server: Server = config.tls ? createHttpsServer({ key: config.tls.key, cert: config.tls.cert }, http) : createHttpServer(http);
@@ -91,7 +92,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     const now = { ...broker.stats };
     log.info(
       {
-        subscribers: ws.connected + sse.connected,
+        subscribers: sessions.counts().ws + sessions.counts().sse,
         subscriptions: broker.subscriptions,
         publishes: now.publishes - last.publishes,
         deliveries: now.deliveries - last.deliveries,
@@ -115,6 +116,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       server.closeIdleConnections();
       ws.close();
       sse.close();
+      sessions.closeAll();
       // Subscribers that don't take their close frame in time are cut off.
       const deadline = setTimeout(() => {
         ws.terminateAll();
@@ -132,9 +134,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
     url: `${config.tls ? 'https' : 'http'}://${host}:${address.port}`,
     broker,
     config,
-    ws,
-    sse,
-    http,
+    sessions,
     log,
     metrics,
     limits,

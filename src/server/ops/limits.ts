@@ -9,7 +9,8 @@
  * subscriber counts are deleted when they reach zero.
  */
 import type { IncomingMessage } from 'node:http';
-import { BlockList, isIP, isIPv6 } from 'node:net';
+import { BlockList, isIP, isIPv6, type Socket } from 'node:net';
+import { HttpError, Status } from '../../protocol/errors.js';
 
 export interface LimitsConfig {
   /** Publishes per second per client address; 0 disables. */
@@ -172,14 +173,15 @@ export class RateLimiter {
   }
 }
 
-export type Admission =
-  | { ok: true; release: () => void }
-  | { ok: false; status: 429 | 503; retryAfter: number; message: string };
+/** A subscriber's place under the limits, held until its connection ends. */
+export interface Slot {
+  /** Gives the place back; calling it twice is harmless. */
+  release(): void;
+}
 
-export interface PublishRefusal {
-  status: 429;
-  retryAfter: number;
-  message: string;
+/** What a refusal by a limit says: which limit, and when to come back. */
+function refusal(status: number, retryAfter: number, message: string): HttpError {
+  return new HttpError(status, message, { 'retry-after': String(retryAfter) });
 }
 
 /** The server's limits, shared by the HTTP (publish, SSE) and WebSocket transports. */
@@ -188,6 +190,12 @@ export class Limits {
   readonly #rate: RateLimiter | undefined;
   readonly #exempt: BlockList;
   readonly #perAddress = new Map<string, number>();
+  /**
+   * Without a trusted proxy the client address is the socket's, so whether it
+   * is exempt (a BlockList lookup) and its key are decided once per
+   * connection rather than per publish. Null: exempt.
+   */
+  readonly #byConnection = new WeakMap<Socket, string | null>();
   #subscriptions = 0;
 
   constructor(config: LimitsConfig) {
@@ -206,58 +214,53 @@ export class Limits {
     return this.#perAddress.size;
   }
 
-  get rateBuckets(): number {
-    return this.#rate?.size ?? 0;
-  }
-
   /** The key a request's per-address limits are counted under; undefined when its client is exempt. */
   address(req: IncomingMessage): string | undefined {
-    const addr = clientAddress(req, this.config.trustProxy);
+    if (this.config.trustProxy > 0) return this.#keyOf(clientAddress(req, this.config.trustProxy)) ?? undefined;
+    const socket = req.socket;
+    let key = this.#byConnection.get(socket);
+    if (key === undefined) {
+      key = this.#keyOf(clientAddress(req, 0));
+      this.#byConnection.set(socket, key);
+    }
+    return key ?? undefined;
+  }
+
+  #keyOf(addr: string): string | null {
     const family = isIP(addr);
-    if (family !== 0 && this.#exempt.check(addr, family === 6 ? 'ipv6' : 'ipv4')) return undefined;
+    if (family !== 0 && this.#exempt.check(addr, family === 6 ? 'ipv6' : 'ipv4')) return null;
     return addressKey(addr);
   }
 
   /** Counts one publish against its client's rate; undefined when it may go ahead. */
-  publish(req: IncomingMessage): PublishRefusal | undefined {
+  publish(req: IncomingMessage): HttpError | undefined {
     const rate = this.#rate;
     if (!rate) return undefined;
     const key = this.address(req);
     if (key === undefined) return undefined;
     const wait = rate.take(key);
     if (wait === 0) return undefined;
-    return { status: 429, retryAfter: wait, message: `429 Too Many Requests: this address is over the publish rate limit of ${rate.rate} per second (--rate-limit, burst ${rate.burst})` };
+    return refusal(Status.TOO_MANY_REQUESTS, wait, `this address is over the publish rate limit of ${rate.rate} per second (--rate-limit, burst ${rate.burst})`);
   }
 
   /**
    * Admits one subscriber, or says why not. The caller must call `release`
    * exactly when the subscriber's connection ends (calling it twice is harmless).
    */
-  admitSubscriber(req: IncomingMessage): Admission {
+  admitSubscriber(req: IncomingMessage): Slot | HttpError {
     const { maxSubscriptions, maxSubscribersPerIp } = this.config;
     if (maxSubscriptions > 0 && this.#subscriptions >= maxSubscriptions) {
-      return {
-        ok: false,
-        status: 503,
-        retryAfter: SUBSCRIBER_RETRY_AFTER,
-        message: `503 Service Unavailable: this server already holds its maximum of ${maxSubscriptions} subscriptions (--max-subscriptions)`,
-      };
+      return refusal(Status.SERVICE_UNAVAILABLE, SUBSCRIBER_RETRY_AFTER, `this server already holds its maximum of ${maxSubscriptions} subscriptions (--max-subscriptions)`);
     }
     const key = maxSubscribersPerIp > 0 ? this.address(req) : undefined;
     const held = key === undefined ? 0 : (this.#perAddress.get(key) ?? 0);
     if (key !== undefined && held >= maxSubscribersPerIp) {
-      return {
-        ok: false,
-        status: 429,
-        retryAfter: SUBSCRIBER_RETRY_AFTER,
-        message: `429 Too Many Requests: this address already holds ${held} subscribers (--max-subscribers-per-ip ${maxSubscribersPerIp})`,
-      };
+      return refusal(Status.TOO_MANY_REQUESTS, SUBSCRIBER_RETRY_AFTER, `this address already holds ${held} subscribers (--max-subscribers-per-ip ${maxSubscribersPerIp})`);
     }
     if (key !== undefined) this.#perAddress.set(key, held + 1);
     this.#subscriptions++;
     let released = false;
     return {
-      ok: true,
       release: () => {
         if (released) return;
         released = true;

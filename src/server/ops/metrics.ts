@@ -15,13 +15,13 @@ import { safeEqual } from '../../util/safe-equal.js';
 export type RejectReason = 'unauthorized' | 'too_large' | 'bad_request' | 'unavailable' | 'rate_limited' | 'error';
 export const REJECT_REASONS: readonly RejectReason[] = ['unauthorized', 'too_large', 'bad_request', 'unavailable', 'rate_limited', 'error'];
 
-export type Transport = 'ws' | 'sse';
+export type TransportName = 'ws' | 'sse';
 export type SubscriberRefusal = 'per_ip_limit' | 'server_limit';
 
 export interface MetricsSources {
   broker: Broker;
   /** Connected subscribers per transport, read at scrape time. */
-  subscribers(): Record<Transport, number>;
+  subscribers(): Record<TransportName, number>;
 }
 
 /** How long a scrape waits for the backend's history sizes (Redis may be slow or down). */
@@ -177,7 +177,7 @@ export class Metrics {
     this.#rejected.get(reason)!.inc();
   }
 
-  subscriberRefused(transport: Transport, reason: SubscriberRefusal): void {
+  subscriberRefused(transport: TransportName, reason: SubscriberRefusal): void {
     this.#refused.labels(transport, reason).inc();
   }
 

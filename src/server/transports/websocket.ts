@@ -1,138 +1,69 @@
 /**
- * WebSocket subscribers.
+ * WebSocket subscribers: `GET /sub/<topic>` with `Upgrade: websocket`.
  *
- * `ws` does the handshake, reads control frames and closes; data frames go
- * out through our own writer. Server frames are unmasked, so one frame (header
- * and payload in one Buffer) is built per message and the very same Buffer is
- * written to every subscriber's socket, through its Outbox (which batches a
- * subscriber's queued frames into one send).
+ * Every check is the admission pipeline's, run before the handshake
+ * completes; a refusal is an HTTP answer on the raw socket. `ws` then does the
+ * handshake, reads control frames and closes; data frames go out through the
+ * session's outbox, pre-built per message by the chosen format (raw, framed
+ * for recursive topics, or `hookbot.v1` when offered).
  */
 import type { IncomingMessage } from 'node:http';
-import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { Subscriber } from '../broker.js';
-import { Outbox } from '../outbox.js';
-import { parseSince, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from '../context.js';
-import { isMessageId, type Message } from '../../protocol/message.js';
-import { isRecursive, parseEndpoint, PathError, type Endpoint } from '../../protocol/topics.js';
+import { CloseCode, HttpError } from '../../protocol/errors.js';
+import { isRecursive } from '../../protocol/topics.js';
+import { admit, SINCE_QUERY } from '../admission.js';
+import type { Context } from '../context.js';
+import { asHttpError, refuseUpgrade } from '../http/respond.js';
+import type { Connection, EndReason, Sessions } from '../subscriber.js';
+import { hookbotV1Encoder, SUBPROTOCOL } from './hookbot-v1.js';
+import { framedEncoder, rawEncoder } from './raw.js';
 
-export const SUBPROTOCOL = 'hookbot.v1';
+export { SUBPROTOCOL };
+export const CLOSE_MISSED = CloseCode.MISSED;
 
 /** Frames a subscriber may send (pings, pongs, close) never need more. */
 const MAX_INCOMING_FRAME = 4096;
 
-/** Close code for a raw subscriber whose node missed messages (a private code: 4000-4999). */
-export const CLOSE_MISSED = 4000;
+/** How long a close frame may take behind a slow subscriber's backlog before the connection is cut. */
+const SLOW_CLOSE_GRACE_MS = 1000;
 
-const OPCODE_TEXT = 0x1;
-const OPCODE_BINARY = 0x2;
+const CLOSES: Record<EndReason, [code: number, reason: string]> = {
+  slow: [CloseCode.TRY_AGAIN_LATER, 'subscriber too slow'],
+  shutdown: [CloseCode.GOING_AWAY, 'server shutting down'],
+  'resume-failed': [CloseCode.TRY_AGAIN_LATER, 'history unavailable, try again later'],
+  missed: [CloseCode.MISSED, 'messages were missed; reconnect with ?since=<last id>'],
+};
 
-/** One complete, unmasked, final WebSocket frame. */
-export function frame(payload: Buffer, opcode = OPCODE_BINARY): Buffer {
-  const len = payload.length;
-  const headerLength = len < 126 ? 2 : len < 65536 ? 4 : 10;
-  const out = Buffer.allocUnsafe(headerLength + len);
-  out[0] = 0x80 | opcode;
-  if (len < 126) {
-    out[1] = len;
-  } else if (len < 65536) {
-    out[1] = 126;
-    out.writeUInt16BE(len, 2);
-  } else {
-    out[1] = 127;
-    out.writeUInt32BE(Math.floor(len / 2 ** 32), 2);
-    out.writeUInt32BE(len >>> 0, 6);
-  }
-  payload.copy(out, headerLength);
-  return out;
-}
-
-const rawFrame = (m: Message) => frame(m.body);
-const framedFrame = (m: Message) => frame(m.framed());
-const envelopeFrame = (m: Message) => frame(Buffer.from(JSON.stringify(m.toJSON())), OPCODE_TEXT);
-
-export interface WsStats {
-  connected: number;
-  slowDisconnects: number;
-}
-
-class WsSubscriber implements Subscriber {
-  readonly topic: string;
+/** A WebSocket as a session's connection: it ends with a close frame. */
+class WsConnection implements Connection {
   readonly ws: WebSocket;
-  readonly #key: string;
-  readonly #make: (m: Message) => Buffer;
-  readonly #out: Outbox;
+  /** Cleared by each ping, set by each pong: a subscriber that misses one is dropped. */
   alive = true;
 
-  constructor(ws: WebSocket, socket: Socket, topic: string, envelope: boolean, maxBuffer: number, onSlow: (sub: WsSubscriber) => void) {
+  constructor(ws: WebSocket) {
     this.ws = ws;
-    this.topic = topic;
-    this.#out = new Outbox(socket, maxBuffer, () => onSlow(this));
-    if (envelope) {
-      this.#key = 'ws:v1';
-      this.#make = envelopeFrame;
-    } else if (isRecursive(topic)) {
-      this.#key = 'ws:framed';
-      this.#make = framedFrame;
-    } else {
-      this.#key = 'ws:raw';
-      this.#make = rawFrame;
-    }
   }
 
-  get closed(): boolean {
-    return this.#out.closed;
+  end(reason: EndReason): void {
+    const [code, text] = CLOSES[reason];
+    this.ws.close(code, text);
+    // The close frame queues behind a slow subscriber's backlog; end the connection soon regardless.
+    if (reason === 'slow') setTimeout(() => this.ws.terminate(), SLOW_CLOSE_GRACE_MS).unref();
   }
-
-  set closed(value: boolean) {
-    this.#out.closed = value;
-  }
-
-  send(message: Message): void {
-    this.#out.write(message.encoded(this.#key, this.#make));
-  }
-
-  gap(since: string): void {
-    if (this.#key === 'ws:v1') this.#out.write(frame(Buffer.from(JSON.stringify({ type: 'gap', since })), OPCODE_TEXT));
-  }
-
-  lost(since: string): void {
-    if (this.#key === 'ws:v1') return this.gap(since);
-    // Raw frames cannot say "you missed some": close, so the client reconnects and resumes by ?since=.
-    this.ws.close(CLOSE_MISSED, 'messages were missed; reconnect with ?since=<last id>');
-  }
-
-  live(): void {
-    this.#out.live();
-    if (this.#key === 'ws:v1') this.#out.write(LIVE_FRAME);
-  }
-
-  drained(): Promise<void> | undefined {
-    return this.#out.drained();
-  }
-}
-
-const LIVE_FRAME = frame(Buffer.from('{"type":"live"}'), OPCODE_TEXT);
-
-/** Writes a plain HTTP error on a socket that asked to upgrade, then closes it. */
-function refuse(socket: Duplex, status: number, reason: string, body: string, extra = ''): void {
-  if (!socket.writable) return void socket.destroy();
-  const payload = body.endsWith('\n') ? body : body + '\n';
-  socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n${extra}Content-Length: ${Buffer.byteLength(payload)}\r\n\r\n${payload}`,
-  );
 }
 
 export class WebSocketTransport {
-  readonly stats: WsStats = { connected: 0, slowDisconnects: 0 };
   readonly #ctx: Context;
+  readonly #sessions: Sessions;
   readonly #wss: WebSocketServer;
-  readonly #subscribers = new Set<WsSubscriber>();
+  readonly #connections = new Set<WsConnection>();
   readonly #pingTimer: NodeJS.Timeout;
 
-  constructor(ctx: Context) {
+  constructor(ctx: Context, sessions: Sessions) {
     this.#ctx = ctx;
+    this.#sessions = sessions;
     this.#wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -144,95 +75,62 @@ export class WebSocketTransport {
     this.#pingTimer.unref();
   }
 
-  /** The server's `upgrade` listener: every check happens before the handshake completes. */
+  /** The server's `upgrade` listener for WebSocket requests. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
     socket.on('error', () => socket.destroy());
-    const ctx = this.#ctx;
-    if (ctx.shuttingDown) return refuse(socket, 503, 'Service Unavailable', '503 Service Unavailable: server is shutting down');
-    const url = req.url ?? '/';
-    const q = url.indexOf('?');
-    let endpoint: Endpoint;
+    let admitted;
     try {
-      endpoint = parseEndpoint(q === -1 ? url : url.slice(0, q));
+      admitted = admit(this.#ctx, req, 'ws', [SINCE_QUERY]);
     } catch (err) {
-      const message = err instanceof PathError ? err.message : 'bad path';
-      return refuse(socket, 400, 'Bad Request', `400 Bad Request: ${message}`);
+      if (!(err instanceof HttpError)) this.#ctx.log.error({ err: (err as Error).message }, 'subscribe failed');
+      return refuseUpgrade(socket, asHttpError(err));
     }
-    if (endpoint.action === 'pub') return refuse(socket, 400, 'Bad Request', '400 Bad Request: publish with POST; subscribe at /sub/<topic>');
-    if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) return refuse(socket, 400, 'Bad Request', UNSAFE_HEADER_ERROR);
-    if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) {
-      return refuse(socket, 401, 'Unauthorized', '401 Unauthorized', 'WWW-Authenticate: Basic realm="hookbot"\r\n');
-    }
-    const params = new URLSearchParams(q === -1 ? '' : url.slice(q + 1));
-    const since = parseSince(params.get('since'), isMessageId);
-    if (since instanceof Error) return refuse(socket, 400, 'Bad Request', `400 Bad Request: ${since.message}`);
-
-    const admission = ctx.limits.admitSubscriber(req);
-    if (!admission.ok) {
-      ctx.metrics.subscriberRefused('ws', admission.status === 503 ? 'server_limit' : 'per_ip_limit');
-      const reason = admission.status === 503 ? 'Service Unavailable' : 'Too Many Requests';
-      return refuse(socket, admission.status, reason, admission.message, `Retry-After: ${admission.retryAfter}\r\n`);
-    }
+    const { endpoint, since, slot } = admitted;
     // Held until the connection ends, whether or not the handshake completes.
-    socket.once('close', admission.release);
+    socket.once('close', () => slot.release());
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, socket as Socket, endpoint.topic, since));
   }
 
   #accept(ws: WebSocket, socket: Socket, topic: string, since: string | undefined): void {
-    const ctx = this.#ctx;
-    const sub = new WsSubscriber(ws, socket, topic, ws.protocol === SUBPROTOCOL, ctx.config.maxSubscriberBuffer, (s) => this.#slow(s));
-    this.#subscribers.add(sub);
-    this.stats.connected++;
+    const log = this.#ctx.log;
+    const connection = new WsConnection(ws);
+    const encoder = ws.protocol === SUBPROTOCOL ? hookbotV1Encoder : isRecursive(topic) ? framedEncoder : rawEncoder;
+    const session = this.#sessions.open({ transport: 'ws', topic, encoder, socket, connection });
+    this.#connections.add(connection);
     ws.on('pong', () => {
-      sub.alive = true;
+      connection.alive = true;
     });
     ws.on('message', () => {
-      ws.close(1008, 'subscribers must not send data');
+      ws.close(CloseCode.POLICY_VIOLATION, 'subscribers must not send data');
     });
     ws.on('error', (err) => {
-      ctx.log.debug({ topic, err: err.message }, 'subscriber protocol error');
+      log.debug({ topic, err: err.message }, 'subscriber protocol error');
     });
     ws.on('close', () => {
-      sub.closed = true;
-      if (this.#subscribers.delete(sub)) this.stats.connected--;
-      ctx.broker.unsubscribe(sub);
+      this.#connections.delete(connection);
+      session.disconnected();
     });
-    ctx.broker.subscribe(sub, since).catch((err: Error) => {
-      ctx.log.warn({ topic, err: err.message }, 'resume failed');
-      ws.close(1013, 'history unavailable, try again later');
-    });
-  }
-
-  #slow(sub: WsSubscriber): void {
-    this.stats.slowDisconnects++;
-    this.#ctx.broker.slowDisconnect(sub);
-    // The close frame would queue behind the backlog; end the connection now.
-    sub.ws.close(1013, 'subscriber too slow');
-    setTimeout(() => sub.ws.terminate(), 1000).unref();
+    session.start(since);
   }
 
   #pingAll(): void {
-    for (const sub of this.#subscribers) {
-      if (!sub.alive) {
-        sub.ws.terminate();
+    for (const c of this.#connections) {
+      if (!c.alive) {
+        c.ws.terminate();
         continue;
       }
-      sub.alive = false;
-      sub.ws.ping();
+      c.alive = false;
+      c.ws.ping();
     }
   }
 
-  get connected(): number {
-    return this.stats.connected;
-  }
-
-  /** Closes every subscriber with 1001 (going away). */
+  /** Stops pinging; the sessions themselves are closed by Sessions.closeAll(). */
   close(): void {
     clearInterval(this.#pingTimer);
-    for (const sub of this.#subscribers) sub.ws.close(1001, 'server shutting down');
   }
 
+  /** Cuts every connection that did not take its close frame in time. */
   terminateAll(): void {
-    for (const sub of this.#subscribers) sub.ws.terminate();
+    for (const c of this.#connections) c.ws.terminate();
   }
 }

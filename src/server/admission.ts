@@ -1,0 +1,82 @@
+/**
+ * Admission: the one pipeline every subscribe request goes through, whatever
+ * its transport. The checks run in a fixed order, cheapest and least
+ * revealing first, so every transport refuses the same request the same way:
+ *
+ *   shutdown → path → unsafe header → token → since → limits
+ *
+ * The limits come last so that only a request that would otherwise be served
+ * takes a subscriber slot. The result is the admitted subscription or one
+ * HttpError, which the transport renders (server/http/respond.ts).
+ */
+import type { IncomingMessage } from 'node:http';
+import { HttpError, Status } from '../protocol/errors.js';
+import { parseSince } from '../protocol/message.js';
+import { parseEndpoint, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Endpoint } from '../protocol/topics.js';
+import type { Context } from './context.js';
+import type { Slot } from './ops/limits.js';
+import type { TransportName } from './ops/metrics.js';
+
+/** Where a transport reads a resume point from, in order of preference; the first present one wins. */
+export interface SinceSource {
+  /** How the source is named in a refusal (`?since=`, `Last-Event-ID header`). */
+  name: string;
+  read(req: IncomingMessage, query: URLSearchParams): string | undefined;
+}
+
+export const SINCE_QUERY: SinceSource = { name: 'since', read: (_req, query) => query.get('since') ?? undefined };
+
+export interface Admitted {
+  endpoint: Endpoint;
+  query: URLSearchParams;
+  /** The id to resume after (`0-0`: everything retained); undefined: live only. */
+  since: string | undefined;
+  /** The subscriber's place under the limits: released when its connection ends. */
+  slot: Slot;
+}
+
+export const SHUTTING_DOWN = () => new HttpError(Status.SERVICE_UNAVAILABLE, 'server is shutting down', { connection: 'close' });
+
+/** Splits a request target into its path and its query. */
+export function splitUrl(url: string | undefined): { path: string; query: URLSearchParams } {
+  const target = url ?? '/';
+  const q = target.indexOf('?');
+  return q === -1 ? { path: target, query: new URLSearchParams() } : { path: target.slice(0, q), query: new URLSearchParams(target.slice(q + 1)) };
+}
+
+/**
+ * Admits a subscriber or throws the HttpError that refuses it. `transport`
+ * names it in metrics; `sinceSources` are where this transport's clients put
+ * their resume point.
+ */
+export function admit(ctx: Context, req: IncomingMessage, transport: TransportName, sinceSources: readonly SinceSource[]): Admitted {
+  if (ctx.shuttingDown) throw SHUTTING_DOWN();
+
+  const { path, query } = splitUrl(req.url);
+  const endpoint = parseEndpoint(path);
+  if (endpoint.action === 'pub') throw new HttpError(Status.BAD_REQUEST, 'publish with POST; subscribe at /sub/<topic>');
+
+  if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) throw new HttpError(Status.BAD_REQUEST, '', {}, UNSAFE_HEADER_ERROR);
+
+  // Checked once per connection, so kept out of the per-path digest cache that publishes use.
+  if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) throw unauthorized();
+
+  let since: string | undefined;
+  for (const source of sinceSources) {
+    const value = source.read(req, query);
+    if (value === undefined || value === '') continue;
+    since = parseSince(value, source.name);
+    break;
+  }
+
+  const slot = ctx.limits.admitSubscriber(req);
+  if (slot instanceof HttpError) {
+    ctx.metrics.subscriberRefused(transport, slot.status === Status.SERVICE_UNAVAILABLE ? 'server_limit' : 'per_ip_limit');
+    throw slot;
+  }
+  return { endpoint, query, since, slot };
+}
+
+export function unauthorized(): HttpError {
+  return new HttpError(Status.UNAUTHORIZED, '', { 'www-authenticate': 'Basic realm="hookbot"' });
+}
