@@ -2,7 +2,8 @@
 // receiving hundreds of thousands of frames does not share an event loop with the
 // publisher. Controlled over IPC:
 //
-//   {cmd:'connect', id, targets:[{url, token?, framed?}], concurrency}
+//   {cmd:'connect', id, targets:[{url, token?, framed?, sse?}], concurrency}
+//        (sse: an http:// URL read as a Server-Sent Events stream instead of a WebSocket)
 //        -> {id, ok, failed, statuses, errors, ms}
 //   {cmd:'reset', id, latency:boolean, order:boolean}   counters to zero -> {id}
 //   {cmd:'expect', id, total, timeoutMs, stallMs}  -> {id, reached, received} once `total`
@@ -13,6 +14,7 @@
 // Every payload starts with an 8-byte little-endian send time (process.hrtime.bigint(),
 // CLOCK_MONOTONIC, so comparable across processes on one host) and a 4-byte sequence
 // number; recursive subscribers' frames carry `topic NUL` in front of that.
+import http from 'node:http';
 import WebSocket from 'ws';
 
 /** @type {{ws: WebSocket, count: number, lastSeq: number, framed: boolean}[]} */
@@ -57,7 +59,48 @@ function onFrame(sub, data, isBinary) {
   }
 }
 
+/**
+ * An SSE subscriber. hookbot sends the bench's payloads (binary: a timestamp
+ * leads them) as one base64 `data:` line under `event: base64:<topic>`; the
+ * parser only needs that, and keeps a partial event between chunks.
+ */
+function connectSse(target) {
+  return new Promise((resolve) => {
+    const headers = { accept: 'text/event-stream', ...(target.token ? { authorization: `Bearer ${target.token}` } : {}) };
+    const sub = { ws: undefined, res: undefined, count: 0, lastSeq: 0, framed: false };
+    const req = http.get(target.url, { headers, agent: false, timeout: 15000 }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        return resolve({ ok: false, status: res.statusCode });
+      }
+      sub.res = res;
+      subs.push(sub);
+      resolve({ ok: true });
+      let buf = '';
+      res.setEncoding('latin1');
+      res.on('data', (chunk) => {
+        buf += chunk;
+        let start = 0;
+        let end;
+        while ((end = buf.indexOf('\n\n', start)) !== -1) {
+          const at = buf.indexOf('\ndata: ', start);
+          // Binary payloads only (base64), as the bench sends them; other events (the preamble) have no id.
+          if (buf.startsWith('id: ', start) && at !== -1 && at < end) onFrame(sub, Buffer.from(buf.slice(at + 7, end), 'base64'), true);
+          start = end + 2;
+        }
+        if (start > 0) buf = buf.slice(start);
+      });
+      res.on('close', () => {
+        if (!closing) closes.sse_end = (closes.sse_end || 0) + 1;
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err) => resolve({ ok: false, error: err.code || err.message }));
+  });
+}
+
 function connectOne(target) {
+  if (target.sse) return connectSse(target);
   return new Promise((resolve) => {
     const headers = target.token ? { authorization: `Bearer ${target.token}` } : {};
     const ws = new WebSocket(target.url, { headers, perMessageDeflate: false, handshakeTimeout: 15000 });
@@ -122,7 +165,7 @@ function stats() {
   for (const s of subs) {
     if (s.count < min) min = s.count;
     if (s.count > max) max = s.count;
-    if (s.ws.readyState === WebSocket.OPEN) open++;
+    if (s.ws ? s.ws.readyState === WebSocket.OPEN : !s.res.destroyed) open++;
   }
   const sorted = Float64Array.from(latencies).sort();
   return {
@@ -193,7 +236,7 @@ process.on('message', async (m) => {
       break;
     case 'close':
       closing = true;
-      for (const s of subs) s.ws.terminate();
+      for (const s of subs) (s.ws ? s.ws.terminate() : s.res.destroy());
       subs.length = 0;
       reply({});
       setTimeout(() => process.exit(0), 50);

@@ -5,7 +5,7 @@
 // Progress and a human summary go to stderr. A missed target is a figure, not a failure:
 // the exit code is 0 unless the bench itself broke.
 //
-//   node bench/run.mjs [fanout|fanout8|steady|pubrate|idle|topics|twonode ...] [--quick] [--rounds N]
+//   node bench/run.mjs [fanout|fanout8|steady|sse|pubrate|idle|topics|twonode ...] [--quick] [--rounds N]
 //                      [--hookbot-is-floor]
 //
 // Only 127.0.0.1 traffic; every child process is killed on exit, error or signal.
@@ -20,14 +20,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const KEY = 'benchkey';
-const ALL = ['fanout', 'fanout8', 'steady', 'pubrate', 'idle', 'topics', 'twonode'];
+const ALL = ['fanout', 'fanout8', 'steady', 'sse', 'pubrate', 'idle', 'topics', 'twonode'];
 
 // ---------------------------------------------------------------- options
 
 const argv = process.argv.slice(2);
 if (argv.includes('--help') || argv.includes('-h')) {
   process.stderr.write(
-    'usage: node bench/run.mjs [fanout|fanout8|steady|pubrate|idle|topics|twonode ...] [--quick] [--rounds N] [--hookbot-is-floor]\n',
+    'usage: node bench/run.mjs [fanout|fanout8|steady|sse|pubrate|idle|topics|twonode ...] [--quick] [--rounds N] [--hookbot-is-floor]\n',
   );
   process.exit(0);
 }
@@ -36,7 +36,7 @@ const hookbotIsFloor = argv.includes('--hookbot-is-floor');
 const roundsIdx = argv.indexOf('--rounds');
 const roundsFlag = roundsIdx !== -1 ? Math.max(1, Number(argv[roundsIdx + 1]) || 1) : undefined;
 // Rounds per side; the reported figure is the median. Cheap scenarios get more.
-const DEFAULT_ROUNDS = { fanout: 3, fanout8: 3, steady: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
+const DEFAULT_ROUNDS = { fanout: 3, fanout8: 3, steady: 3, sse: 3, pubrate: 5, topics: 5, twonode: 3, idle: 1 };
 const roundsFor = (scenario) => (scenario === 'idle' ? 1 : roundsFlag ?? (quick ? 1 : DEFAULT_ROUNDS[scenario]));
 const selected = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--rounds');
 for (const s of selected) {
@@ -52,6 +52,7 @@ const SIZES = quick
       fanout: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 1 },
       fanout8: { subscribers: 200, messages: 100, bytes: 1024, warmup: 10, concurrency: 8 },
       steady: { subscribers: 200, messages: 40, bytes: 1024, warmup: 10, concurrency: 1, rate: 20 },
+      sse: { subscribers: 100, messages: 50, bytes: 1024, warmup: 10, concurrency: 1 },
       pubrate: { publishes: 3000, bytes: 256, concurrency: 32, warmup: 500, subscribers: 1 },
       idle: { connections: 1000 },
       topics: { many: 1000, few: 100, recursive: 10, publishes: 2000, warmup: 300, bytes: 256, concurrency: 32 },
@@ -64,6 +65,8 @@ const SIZES = quick
       // The same at a steady 20 publishes/s, well below either server's capacity, so
       // both carry the same load and latency compares like with like.
       steady: { subscribers: 1000, messages: 200, bytes: 1024, warmup: 20, concurrency: 1, rate: 20 },
+      // The fanout load over Server-Sent Events against the same over WebSocket, both hookbot.
+      sse: { subscribers: 500, messages: 200, bytes: 1024, warmup: 20, concurrency: 1 },
       pubrate: { publishes: 20000, bytes: 256, concurrency: 32, warmup: 2000, subscribers: 1 },
       idle: { connections: 5000 },
       topics: { many: 10000, few: 100, recursive: 10, publishes: 10000, warmup: 1000, bytes: 256, concurrency: 32 },
@@ -76,6 +79,7 @@ const TARGETS = {
   idleKb: 12, // hookbot KB RSS per idle subscriber, at most (absolute)
   topicsScale: 1.2, // hookbot CPU per publish at many topics / at few, at most
   twonodeRate: 0.7, // two-node / single-node deliveries per second, at least
+  sseCpu: 1.3, // hookbot SSE / hookbot WebSocket CPU µs per delivery, at most
 };
 
 // ---------------------------------------------------------------- child processes
@@ -322,8 +326,8 @@ function token(p) {
   if (!t) tokens.set(p, (t = createHmac('sha1', KEY).update(p).digest('hex')));
   return t;
 }
-function subTarget(srv, topic, framed = false) {
-  return { url: `${srv.wsBase}/sub/${topic}`, token: token(`/sub/${topic}`), framed };
+function subTarget(srv, topic, framed = false, sse = false) {
+  return { url: `${sse ? srv.base : srv.wsBase}/sub/${topic}`, token: token(`/sub/${topic}`), framed, sse };
 }
 
 let seqCounter = 0;
@@ -555,7 +559,7 @@ function fanoutSession(specs, cfg, { extraPids = () => [], onClose } = {}) {
       const topic = 'bench/fanout';
       const pubServer = servers[0];
       const L = ledger();
-      const targets = Array.from({ length: cfg.subscribers }, (_, i) => subTarget(servers[i % servers.length], topic));
+      const targets = Array.from({ length: cfg.subscribers }, (_, i) => subTarget(servers[i % servers.length], topic, false, cfg.sse));
       const conn = (L.conn = await clients.call('connect', { targets, concurrency: 100 }));
       if (conn.ok === 0) throw new Error(`no subscriber could connect: ${JSON.stringify(conn)}`);
       const topicFor = () => topic;
@@ -870,6 +874,25 @@ async function main() {
         ratios.push(ratioLine(scenario, 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery, TARGETS.fanoutCpu, '<='));
         ratios.push(info(scenario, 'deliveries_per_s hookbot / floor', h.deliveries_per_s, f.deliveries_per_s));
       }
+    } else if (scenario === 'sse') {
+      if (hookbotIsFloor) {
+        line('sse', 'hookbot', { skipped: 'the floor has no Server-Sent Events (running with --hookbot-is-floor)' }, started);
+        continue;
+      }
+      const cfg = SIZES.sse;
+      const r = await compare(
+        [
+          { label: 'ws', open: () => fanoutSession([{ kind: 'hookbot' }], cfg) },
+          { label: 'sse', open: () => fanoutSession([{ kind: 'hookbot' }], { ...cfg, sse: true }) },
+        ],
+        n,
+      );
+      const w = line('sse', 'hookbot-ws', r.ws, started);
+      const e = line('sse', 'hookbot-sse', r.sse, started);
+      // Both sides are hookbot here: name them for what they are.
+      const named = ({ hookbot, floor, ...rest }) => ({ ...rest, sse: hookbot, ws: floor });
+      ratios.push(named(ratioLine('sse', 'cpu_us_per_delivery SSE / WebSocket', e.cpu_us_per_delivery, w.cpu_us_per_delivery, TARGETS.sseCpu, '<=')));
+      ratios.push(named(info('sse', 'latency_ms_p99 SSE / WebSocket', e.latency_ms_p99, w.latency_ms_p99)));
     } else if (scenario === 'pubrate') {
       const cfg = SIZES.pubrate;
       const r = await compare(
