@@ -113,7 +113,8 @@ describe.each(TRANSPORTS)('admission order ($name)', ({ name, since, badSince })
   it('admits a request that passes every check, with its resume point and a slot', () => {
     const { ctx } = fakeContext();
     const id = '1700000000000-5';
-    const sinceParts = name === 'ws' ? { url: `/unsafe/sub/x?since=${id}`, headers: {} } : { url: '/unsafe/sub/x', headers: { 'last-event-id': id } };
+    const sinceParts: { url: string; headers: Record<string, string> } =
+      name === 'ws' ? { url: `/unsafe/sub/x?since=${id}`, headers: {} } : { url: '/unsafe/sub/x', headers: { 'last-event-id': id } };
     const admitted = admit(ctx, fakeRequest(sinceParts.url, { ...sinceParts.headers, ...unsafeOk, ...goodToken }), name, since);
     expect(admitted.endpoint.topic).toBe('/unsafe/x');
     expect(admitted.since).toBe(id);

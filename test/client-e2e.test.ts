@@ -150,7 +150,7 @@ function summaryLines(p: Proc): Array<Record<string, unknown>> {
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as Record<string, unknown>)
-    .filter((l) => typeof l.msg === 'string' && (l.msg as string).startsWith('delivered '));
+    .filter((l) => typeof l.msg === 'string' && l.msg.startsWith('delivered '));
 }
 
 describe('hookbot forward', () => {
@@ -221,7 +221,7 @@ describe('hookbot forward', () => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        received.push(`${req.headers['x-github-event']}:${Buffer.concat(chunks).toString()}`);
+        received.push(`${String(req.headers['x-github-event'])}:${Buffer.concat(chunks).toString()}`);
         res.end('ok');
       });
     });
@@ -249,7 +249,7 @@ describe('hookbot forward', () => {
 
   it('survives a server restart mid-stream: every accepted message exactly once, in order', async () => {
     const port = await freePort();
-    let server = await serve(port);
+    const server = await serve(port);
     const rx = await receiver();
     const fwd = cli(['forward', subUrl(port, 'restart'), '--to', rx.url, ...FAST]);
     await fwd.waitForLine(/"msg":"connected"/);
@@ -257,7 +257,6 @@ describe('hookbot forward', () => {
     const accepted: string[] = [];
     const stats = { ambiguous: 0 };
     const total = 60;
-    let restarted = false;
     const publisher = (async () => {
       for (let seq = 1; seq <= total; seq++) {
         accepted.push(await publishUntilAccepted(port, 'restart', seq, stats));
@@ -267,9 +266,8 @@ describe('hookbot forward', () => {
 
     await eventually(() => rx.deliveries.length >= 20, 15_000, '20 deliveries before the restart');
     await stopProc(server);
-    // The publisher keeps trying (connection refused) while the server is down.
-    server = await serve(port);
-    restarted = true;
+    // The publisher keeps trying (connection refused) while the server is down; cli() children are killed after each test.
+    const restarted = await serve(port).then(() => true);
     await publisher;
     await eventually(() => rx.deliveries.length >= accepted.length, 20_000, `all ${total} deliveries`);
     expect(restarted).toBe(true);

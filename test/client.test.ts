@@ -52,6 +52,8 @@ class FakeServer {
   }
 
   static async start(): Promise<FakeServer> {
+    // Assigned once the WebSocketServer exists; its callbacks only run after that.
+    // eslint-disable-next-line prefer-const
     let server!: FakeServer;
     const wss = new WebSocketServer({
       port: 0,

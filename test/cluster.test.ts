@@ -8,7 +8,7 @@ import { WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { compareIds } from '../src/protocol/message.js';
-import { bearer, eventually, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
+import { bearer, bodyOf, eventually, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 
 type Node = Proc & { port: number; url: string };
@@ -61,7 +61,7 @@ async function rawSubscribe(node: Node, path: string): Promise<{ ws: WebSocket; 
 }
 
 async function publish(node: Node, path: string, body: string | Buffer): Promise<Response> {
-  return fetch(node.url + path, { method: 'POST', body, headers: bearer(path) });
+  return fetch(node.url + path, { method: 'POST', body: bodyOf(body), headers: bearer(path) });
 }
 
 /**

@@ -58,7 +58,7 @@ export function wsConnect(url: string, options: ClientOptions & { protocol?: str
     ws.once('unexpected-response', (_req, res) => {
       clearTimeout(timer);
       let body = '';
-      res.on('data', (c: Buffer) => (body += c));
+      res.on('data', (c: Buffer) => (body += c.toString()));
       res.on('end', () => reject(Object.assign(new Error(`HTTP ${res.statusCode}: ${body}`), { status: res.statusCode, body, headers: res.headers })));
     });
     ws.once('error', (err) => {
@@ -132,9 +132,14 @@ export class Inbox {
   }
 }
 
+/** A Buffer as fetch's BodyInit wants it typed (a view, not a copy). */
+export function bodyOf(body: string | Buffer): string | Uint8Array<ArrayBuffer> {
+  return typeof body === 'string' ? body : new Uint8Array(body.buffer as ArrayBuffer, body.byteOffset, body.length);
+}
+
 export async function publish(server: HookbotServer, path: string, body: string | Buffer, headers: Record<string, string> = {}): Promise<Response> {
   const clean = path.split('?')[0];
-  return fetch(server.url + path, { method: 'POST', body, headers: { ...bearer(clean), ...headers } });
+  return fetch(server.url + path, { method: 'POST', body: bodyOf(body), headers: { ...bearer(clean), ...headers } });
 }
 
 /** Polls a condition (for state that has no event) until true or timeout. */
@@ -174,16 +179,16 @@ export function runCli(args: string[], env: Record<string, string | undefined> =
   let out = '';
   let err = '';
   const listeners = new Set<() => void>();
-  child.stdout!.on('data', (c: Buffer) => {
-    out += c;
+  child.stdout.on('data', (c: Buffer) => {
+    out += c.toString();
     for (const l of listeners) l();
   });
-  child.stderr!.on('data', (c: Buffer) => {
-    err += c;
+  child.stderr.on('data', (c: Buffer) => {
+    err += c.toString();
     for (const l of listeners) l();
   });
-  if (input !== undefined) child.stdin!.end(input);
-  else child.stdin!.end();
+  if (input !== undefined) child.stdin.end(input);
+  else child.stdin.end();
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('exit', (code, signal) => {
       for (const l of listeners) l();

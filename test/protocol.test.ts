@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HookbotServer } from '../src/server/server.js';
-import { bearer, Inbox, KEY, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
+import { bearer, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
 let server: HookbotServer;
 beforeAll(async () => {

@@ -21,7 +21,7 @@ function raw(bytes: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = connect(server.port, '127.0.0.1', () => s.write(bytes));
     let out = '';
-    s.on('data', (c) => (out += c));
+    s.on('data', (c) => (out += c.toString()));
     s.on('end', () => resolve(out));
     s.on('error', reject);
     s.setTimeout(5000, () => {

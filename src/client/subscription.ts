@@ -381,7 +381,7 @@ export class Subscription extends EventEmitter<SubscriptionEvents> implements As
 
     ws.on('unexpected-response', (req, res) => {
       const status = res.statusCode ?? 0;
-      readSome(res, 512).then((body) => {
+      void readSome(res, 512).then((body) => {
         req.destroy();
         if (ws !== this.#ws) return;
         const line = body.trim().split('\n')[0];

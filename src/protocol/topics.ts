@@ -41,7 +41,7 @@ export function parseEndpoint(rawPath: string): Endpoint {
   } catch {
     throw badPath('malformed percent-encoding in path');
   }
-  // eslint-disable-next-line no-control-regex
+   
   if (/[\u0000-\u001f\u007f]/.test(path)) throw badPath('control character in path');
 
   let action: Endpoint['action'];

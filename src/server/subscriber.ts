@@ -22,11 +22,11 @@ import { Outbox } from './outbox.js';
  */
 export interface Encoder {
   readonly key: string;
-  message(m: Message): Buffer;
+  readonly message: (m: Message) => Buffer;
   /** Written first, before any history. */
   readonly preamble?: Buffer;
   /** The replay after `since` is incomplete (or, live, messages after it were missed). */
-  gap?(since: string): Buffer;
+  readonly gap?: (since: string) => Buffer;
   /** The replay is over; live messages follow. */
   readonly live?: Buffer;
   /** Written every heartbeat, so proxies and clients can tell an idle stream is alive. */

@@ -70,7 +70,7 @@ function mountInspector(app: express.Express, ctx: Context): void {
   for (const route of inspector.routes) {
     app[route.method](`/_/api${route.path}`, (req, res, next) => {
       route
-        .handle({ query: req.query as Record<string, unknown>, body: req.body })
+        .handle({ query: req.query, body: req.body })
         .then((out) => res.status(out.status).json(out.body), next);
     });
   }

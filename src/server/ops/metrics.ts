@@ -65,6 +65,8 @@ export class Metrics {
       },
     });
 
+    // prom-client calls collect() with the metric as `this`; the counts live on this Metrics.
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
     const self = this;
     const publishes = new Counter({
       name: 'hookbot_publishes_total',
