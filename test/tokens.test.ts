@@ -66,3 +66,43 @@ describe('tokens', () => {
     }
   });
 });
+
+describe('TokenVerifier against the plain definition', () => {
+  /** The original's rule, written the slow, obvious way. */
+  function naive(keys: string[], path: string, token: string): boolean {
+    const strip = (p: string) => {
+      if (p.startsWith('/pub')) p = p.slice(4);
+      if (p.startsWith('/sub')) p = p.slice(4);
+      return p;
+    };
+    return subpaths(path).some((sub) => keys.some((k) => makeToken(k, sub) === token || makeToken(k, strip(sub)) === token));
+  }
+
+  it('agrees for every candidate of quirky, deep and non-ASCII paths, under rotation', () => {
+    const keys = ['k', 'a-much-longer-key-'.repeat(8)];
+    const v = new TokenVerifier(keys, 4);
+    const paths = ['/pub', '/pub/', '/pubx/y', '/pub/sub/x', '/sub/pub/x/', '/pub/sub', '/a', '/ü/é/🎉/x', '/pub/' + 'a/'.repeat(64) + 'z', '/unsafe/pub/x/y'];
+    for (const path of paths) {
+      const tries = new Set<string>();
+      for (const sub of [...subpaths(path), '', '/', 'x/', '/x', path + '/']) {
+        for (const k of [...keys, 'other']) tries.add(makeToken(k, sub));
+        tries.add(makeToken(keys[0], sub.replace(/^\/pub/, '').replace(/^\/sub/, '')));
+      }
+      for (const t of tries) {
+        const expected = naive(keys, path, t);
+        expect(v.verify(path, t), `${path} ${t}`).toBe(expected);
+        // Again, now possibly from the cache.
+        expect(v.verify(path, t), `${path} ${t} (again)`).toBe(expected);
+      }
+    }
+  });
+
+  it('reads Authorization with ASCII spaces and tabs only (RFC 7235)', () => {
+    const t = 'b'.repeat(40);
+    expect(presentedToken(`Bearer\t${t}`)).toBe(t);
+    expect(presentedToken(`  Bearer   ${t}  `)).toBe(t);
+    expect(presentedToken(`Bearer\u00a0${t}`)).toBeUndefined();
+    expect(presentedToken(`Bearer\u2003${t}`)).toBeUndefined();
+    expect(presentedToken(`Bearer ${t}\u00a0`)).toBeUndefined();
+  });
+});

@@ -6,7 +6,7 @@
  * the token of that subpath with a leading `/pub` and then `/sub` removed, so
  * `/foo/` tokens work for both publishing and subscribing.
  */
-import { createHmac } from 'node:crypto';
+import { createHash, createHmac, type Hash } from 'node:crypto';
 import { includesSlot } from '../util/safe-equal.js';
 
 export function makeToken(key: string, path: string): string {
@@ -27,23 +27,35 @@ function withoutPrefix(path: string): string {
   return path;
 }
 
+/** RFC 7235 `token68`, the shape of a Bearer credential. */
+const TOKEN68 = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/** RFC 7235 whitespace: space and tab only (never the Unicode spaces `\s` would take). */
+const isSpace = (c: number) => c === 0x20 || c === 0x09;
+
 /**
  * The token presented by an `Authorization` header, or undefined.
  * `Basic base64(token:anything)` or `Bearer token`; anything else is no token.
  */
 export function presentedToken(authorization: string | undefined): string | undefined {
   if (!authorization) return undefined;
-  // Exactly two whitespace-separated fields, as the original's strings.Fields check.
+  // Exactly two fields separated by spaces or tabs, as the original's strings.Fields check.
   // Parsed by hand: this runs on every publish.
-  const text = authorization.trim();
-  const space = text.search(/\s/);
-  if (space === -1) return undefined;
-  const scheme = text.slice(0, space);
-  const value = text.slice(space + 1).trimStart();
-  if (value === '' || /\s/.test(value)) return undefined;
+  let start = 0;
+  let end = authorization.length;
+  while (start < end && isSpace(authorization.charCodeAt(start))) start++;
+  while (end > start && isSpace(authorization.charCodeAt(end - 1))) end--;
+  let space = start;
+  while (space < end && !isSpace(authorization.charCodeAt(space))) space++;
+  if (space === end) return undefined;
+  const scheme = authorization.slice(start, space);
+  let valueStart = space;
+  while (valueStart < end && isSpace(authorization.charCodeAt(valueStart))) valueStart++;
+  const value = authorization.slice(valueStart, end);
+  for (let i = 0; i < value.length; i++) if (isSpace(value.charCodeAt(i))) return undefined;
   switch (scheme.toLowerCase()) {
     case 'bearer':
-      return value;
+      return TOKEN68.test(value) ? value : undefined;
     case 'basic': {
       if (!/^[A-Za-z0-9+/]*={0,2}$/.test(value)) return undefined;
       const decoded = Buffer.from(value, 'base64').toString('utf8');
@@ -56,29 +68,67 @@ export function presentedToken(authorization: string | undefined): string | unde
 }
 
 const TOKEN_BYTES = 20;
+const SHA1_BLOCK = 64;
+
+/**
+ * HMAC-SHA1 under one key, for many strings that are prefixes of one another:
+ * the inner hash runs once along the longest string and is copied at each
+ * prefix, so the digests of all of a path's prefixes cost one pass over the
+ * path (plus a small constant per prefix) instead of one pass per prefix.
+ */
+class PrefixHmac {
+  readonly #inner: Buffer;
+  readonly #outer: Buffer;
+
+  constructor(key: string) {
+    let k = Buffer.from(key, 'utf8');
+    if (k.length > SHA1_BLOCK) k = createHash('sha1').update(k).digest();
+    const block = Buffer.alloc(SHA1_BLOCK);
+    k.copy(block);
+    this.#inner = Buffer.from(block.map((b) => b ^ 0x36));
+    this.#outer = Buffer.from(block.map((b) => b ^ 0x5c));
+  }
+
+  /**
+   * Writes the digest of each of `prefixes` (ordered by length, each a prefix
+   * of the next) into `out` at `offsets[i]`.
+   */
+  digestChain(prefixes: readonly string[], out: Buffer, offsets: readonly number[]): void {
+    const inner: Hash = createHash('sha1').update(this.#inner);
+    let done = 0;
+    for (let i = 0; i < prefixes.length; i++) {
+      const p = prefixes[i];
+      // Split at `/` boundaries or the end, so no UTF-16 surrogate pair is cut in two.
+      if (p.length > done) inner.update(p.slice(done));
+      done = p.length;
+      const innerDigest = inner.copy().digest();
+      createHash('sha1').update(this.#outer).update(innerDigest).digest().copy(out, offsets[i]);
+    }
+  }
+}
 
 /**
  * Checks tokens against the current key and any previous keys (rotation).
  *
  * A request for path P may present the token of any of up to 2 × depth
- * candidate paths. Two bounded caches keep that cheap:
- * - per request path, all its candidates' digests in one Buffer, so a path
- *   seen before costs one lookup (publishes repeat their paths);
- * - per `/`-ending candidate, its digests: those prefixes (`/`, `/pub/`,
- *   `/pub/org/`) are shared by every topic under them, so even a path never
- *   seen before costs only its own one or two HMACs.
- * Subscriptions (checked once per connection) stay out of the first cache so
- * they never push publish paths out.
+ * candidate paths. The candidates fall into two chains of prefixes (of P, and
+ * of P without its `/pub` or `/sub`), each digested in one pass (PrefixHmac),
+ * so a check costs time proportional to the path's length. A bounded cache
+ * keeps the candidates' digests of paths that verified (publishers repeat
+ * their paths), so a repeat costs one lookup; paths that fail are never
+ * cached, so guessing cannot fill it. Subscriptions (checked once per
+ * connection) stay out of it too.
  */
 export class TokenVerifier {
   readonly #keys: string[];
+  readonly #hmacs: PrefixHmac[];
   readonly #paths = new Map<string, Buffer>();
-  readonly #prefixes = new Map<string, Buffer>();
   readonly #cacheLimit: number;
 
-  constructor(keys: string[], cacheLimit = 50_000) {
+  constructor(keys: string[], cacheLimit = 10_000) {
     if (keys.length === 0 || keys.some((k) => k.length === 0)) throw new Error('TokenVerifier needs at least one non-empty key');
     this.#keys = keys;
+    this.#hmacs = keys.map((k) => new PrefixHmac(k));
     this.#cacheLimit = cacheLimit;
   }
 
@@ -87,35 +137,37 @@ export class TokenVerifier {
     return makeToken(this.#keys[0], path);
   }
 
-  /** Writes the digests of one candidate under every key into `out` at `offset`. */
-  #digestInto(candidate: string, out: Buffer, offset: number): void {
-    const shared = candidate.endsWith('/');
-    const cached = shared ? this.#prefixes.get(candidate) : undefined;
-    if (cached) {
-      cached.copy(out, offset);
-      return;
-    }
-    const keys = this.#keys;
-    for (let i = 0; i < keys.length; i++) createHmac('sha1', keys[i]).update(candidate).digest().copy(out, offset + i * TOKEN_BYTES);
-    if (shared) remember(this.#prefixes, candidate, Buffer.from(out.subarray(offset, offset + keys.length * TOKEN_BYTES)), this.#cacheLimit);
-  }
-
-  #validTokens(path: string, cache: boolean): Buffer {
-    const known = this.#paths.get(path);
-    if (known) return known;
+  /** Every candidate's digest under every key, in one Buffer of 20-byte slots. */
+  #validTokens(path: string): Buffer {
     const candidates = new Set<string>();
     for (const sub of subpaths(path)) {
       candidates.add(sub);
       candidates.add(withoutPrefix(sub));
     }
+    // Chains of prefixes; a candidate that is a prefix of neither (only quirks such as '' for `/pub`) is a chain of its own.
+    const stripped = withoutPrefix(path);
+    const chains = new Map<string, string[]>();
+    for (const c of candidates) {
+      const base = path.startsWith(c) ? path : stripped.startsWith(c) ? stripped : c;
+      let chain = chains.get(base);
+      if (!chain) chains.set(base, (chain = []));
+      chain.push(c);
+    }
     const width = this.#keys.length * TOKEN_BYTES;
     const valid = Buffer.allocUnsafe(candidates.size * width);
-    let offset = 0;
-    for (const c of candidates) {
-      this.#digestInto(c, valid, offset);
-      offset += width;
+    let slot = 0;
+    for (const chain of chains.values()) {
+      chain.sort((a, b) => a.length - b.length);
+      const first = slot;
+      slot += chain.length;
+      this.#hmacs.forEach((hmac, k) =>
+        hmac.digestChain(
+          chain,
+          valid,
+          chain.map((_, i) => (first + i) * width + k * TOKEN_BYTES),
+        ),
+      );
     }
-    if (cache) remember(this.#paths, path, valid, this.#cacheLimit);
     return valid;
   }
 
@@ -125,8 +177,14 @@ export class TokenVerifier {
    */
   verify(path: string, token: string | undefined, cache = true): boolean {
     if (token === undefined || token.length !== TOKEN_BYTES * 2 || !/^[0-9a-f]+$/.test(token)) return false;
+    const given = Buffer.from(token, 'hex');
+    const known = this.#paths.get(path);
     // Constant time over every candidate digest, so timing says nothing about how close a guess came or which matched.
-    return includesSlot(this.#validTokens(path, cache), Buffer.from(token, 'hex'));
+    if (known) return includesSlot(known, given);
+    const valid = this.#validTokens(path);
+    const ok = includesSlot(valid, given);
+    if (ok && cache) remember(this.#paths, path, valid, this.#cacheLimit);
+    return ok;
   }
 
   /** verify() for an `Authorization` header value. */
