@@ -7,12 +7,13 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Option } from 'commander';
+import { Command, Option } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_RETENTION } from '../src/server/backends/backend.js';
 import { resolveServeConfig, SERVE_DEFAULTS, SERVE_OPTIONS, type ServeOptions } from '../src/server/config.js';
 import { LIMIT_DEFAULTS } from '../src/server/ops/limits.js';
-import { longFlag, type OptionSpec } from '../src/server/options.js';
+import { longFlag, readOption, type OptionSpec } from '../src/server/options.js';
+import { addGlobalOptions, commanderOption, githubSecretsOf, keysOf, typedOptions } from '../src/cli/options.js';
 import { ROOT, runCli } from './helpers.js';
 
 const entries = Object.entries(SERVE_OPTIONS) as Array<[keyof ServeOptions, OptionSpec]>;
@@ -109,6 +110,64 @@ describe('the serve option table', () => {
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_MAX_BODY: '0' })).toThrow(/^--max-body must be at least 1 byte \(from HOOKBOT_MAX_BODY\)$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_ROUTER: 'bitbucket' })).toThrow(/^--router "bitbucket" is not a router; available: github, gitlab \(from HOOKBOT_ROUTER\)$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_KEEP_HEADER: 'Authorization' })).toThrow(/--keep-header authorization would store credentials/);
+  });
+});
+
+describe('commander options from the table', () => {
+  /** A program with the global options and a `serve`-like command that keeps what its action saw. */
+  function program(specs: OptionSpec[]): { run: (args: string[]) => Record<string, unknown>; cmd: () => Command } {
+    let seen: Command | undefined;
+    const prog = new Command('hookbot').exitOverride();
+    addGlobalOptions(prog);
+    const serve = prog.command('serve').action((_o: unknown, cmd: Command) => {
+      seen = cmd;
+    });
+    for (const spec of specs) serve.addOption(commanderOption(spec));
+    return {
+      run: (args) => {
+        prog.parse(args, { from: 'user' });
+        return typedOptions(seen!);
+      },
+      cmd: () => seen!,
+    };
+  }
+
+  it('hands over only what was typed: globals before or after the command, repeatable lists, a bare optional value', () => {
+    const p = program([SERVE_OPTIONS.router, SERVE_OPTIONS.trustProxy, SERVE_OPTIONS.maxBody]);
+    expect(p.run(['--key', 'k', '--github-secret', 'a', 'serve', '--router', 'github', '--github-secret', 'b,c', '--trust-proxy'])).toEqual({
+      key: 'k',
+      githubSecret: ['a', 'b,c'],
+      router: ['github'],
+      trustProxy: true,
+    });
+    expect(keysOf(p.cmd(), {})).toEqual(['k']);
+    expect(githubSecretsOf(p.cmd(), { HOOKBOT_GITHUB_SECRET: 'env' })).toEqual(['a', 'b', 'c']);
+  });
+
+  it('leaves variables and defaults to the table (read and validated once), and shows them in --help', () => {
+    try {
+      process.env.HOOKBOT_MAX_BODY = 'lots';
+      process.env.HOOKBOT_GITHUB_SECRET = 's1,s2';
+      const p = program([SERVE_OPTIONS.maxBody]);
+      // Commander saw the variable, but the action is not handed it: the table parses it, naming it if bad.
+      expect(p.run(['serve'])).toEqual({});
+      expect(githubSecretsOf(p.cmd())).toEqual(['s1', 's2']);
+      expect(() => resolveServeConfig({ key: 'k' }, process.env)).toThrow(/--max-body must be a size .* \(from HOOKBOT_MAX_BODY\)/);
+      expect(p.cmd().helpInformation().replace(/\s+/g, ' ')).toContain('largest publish body (default: 25MiB, env: HOOKBOT_MAX_BODY)');
+    } finally {
+      delete process.env.HOOKBOT_MAX_BODY;
+      delete process.env.HOOKBOT_GITHUB_SECRET;
+    }
+  });
+
+  it('an on/off flag (kind "flag"): bare is on, its variable takes 1/true/yes/on and 0/false/no/off', () => {
+    const fsync: OptionSpec = { kind: 'flag', flags: '--fsync', env: 'HOOKBOT_FSYNC', default: 'false', help: 'fsync each write' };
+    expect(program([fsync]).run(['serve', '--fsync'])).toEqual({ fsync: true });
+    expect(readOption(fsync, true, {})).toBe(true);
+    expect(readOption(fsync, undefined, {})).toBe(false);
+    expect(readOption(fsync, undefined, { HOOKBOT_FSYNC: 'yes' })).toBe(true);
+    expect(readOption(fsync, undefined, { HOOKBOT_FSYNC: '0' })).toBe(false);
+    expect(() => readOption(fsync, undefined, { HOOKBOT_FSYNC: 'maybe' })).toThrow(/^--fsync must be true or false, got "maybe" \(from HOOKBOT_FSYNC\)$/);
   });
 });
 
