@@ -21,7 +21,7 @@ const SECRET = 'e2e-github-secret';
 const FAST = ['--min-backoff', '50ms', '--max-backoff', '300ms', '--retry-delay', '30ms'];
 
 beforeAll(() => {
-  if (!existsSync(join(ROOT, 'dist/cli/client.js'))) throw new Error('run `npm run build` before this test');
+  if (!existsSync(join(ROOT, 'dist/cli/sub.js'))) throw new Error('run `npm run build` before this test');
 });
 
 const procs: Proc[] = [];
