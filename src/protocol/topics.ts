@@ -12,6 +12,16 @@ export const UNSAFE_HEADER = 'x-hookbot-unsafe-is-ok';
 export const UNSAFE_HEADER_VALUE = 'I understand the security implications';
 export const UNSAFE_HEADER_ERROR = '400 Bad Request. X-Hookbot-Unsafe-Is-Ok header required.';
 
+/**
+ * Bounds on a topic, checked before any token work: every cost that grows
+ * with a path (token candidates, topic matching, history keys) is then
+ * bounded for any request, anonymous or not.
+ */
+export const MAX_TOPIC_BYTES = 1024;
+export const MAX_TOPIC_DEPTH = 64;
+/** A request path longer than this cannot decode to a topic within MAX_TOPIC_BYTES (%XX is 3 bytes per byte). */
+const MAX_RAW_PATH = 3 * MAX_TOPIC_BYTES + '/unsafe/pub/'.length;
+
 export function isRecursive(topic: string): boolean {
   return topic.endsWith('/');
 }
@@ -26,15 +36,18 @@ export interface Endpoint {
   path: string;
 }
 
+const badPath = (message: string) => new HttpError(Status.BAD_REQUEST, message);
+const tooLong = () => new HttpError(Status.URI_TOO_LONG, `a topic is at most ${MAX_TOPIC_BYTES} bytes`);
+
 /**
  * Maps a request path (no query) to its endpoint. Topics are taken from the
  * percent-decoded path, as the original does; unsafe topics are prefixed with
- * `/unsafe/` so they can never reach a safe subscriber of the same name.
+ * `/unsafe/` so they can never reach a safe subscriber of the same name, and
+ * a safe topic may not begin with `/`, so none can spell an unsafe one.
  */
-const badPath = (message: string) => new HttpError(Status.BAD_REQUEST, message);
-
 export function parseEndpoint(rawPath: string): Endpoint {
   if (!rawPath.startsWith('/')) throw badPath('path must start with /');
+  if (rawPath.length > MAX_RAW_PATH) throw tooLong();
   let path: string;
   try {
     path = rawPath.includes('%') ? decodeURIComponent(rawPath) : rawPath;
@@ -59,5 +72,12 @@ export function parseEndpoint(rawPath: string): Endpoint {
     topic = path.slice(1);
   }
   if (topic === '') throw badPath('topic is empty');
+  if (!unsafe && topic.startsWith('/')) throw badPath('a topic cannot begin with / (unsafe topics are reached through /unsafe/pub/ and /unsafe/sub/ only)');
+  const named = unsafe ? topic.length - '/unsafe/'.length : topic.length;
+  if (named > MAX_TOPIC_BYTES / 3 && Buffer.byteLength(topic) - (topic.length - named) > MAX_TOPIC_BYTES) throw tooLong();
+  let depth = 1;
+  for (let i = topic.indexOf('/', unsafe ? '/unsafe/'.length : 0); i !== -1; i = topic.indexOf('/', i + 1)) {
+    if (++depth > MAX_TOPIC_DEPTH) throw badPath(`a topic has at most ${MAX_TOPIC_DEPTH} segments`);
+  }
   return { action, unsafe, topic, path };
 }

@@ -11,12 +11,15 @@ import { isRecursive } from '../protocol/topics.js';
 export class TopicIndex<S> {
   #exact = new Map<string, Set<S>>();
   #recursive = new Map<string, Set<S>>();
+  /** The longest recursive subscription: no prefix of a published topic beyond it can match, so none is looked up. */
+  #longestRecursive = 0;
   #count = 0;
 
   add(topic: string, sub: S): void {
     const map = isRecursive(topic) ? this.#recursive : this.#exact;
     let set = map.get(topic);
     if (!set) map.set(topic, (set = new Set()));
+    if (map === this.#recursive && topic.length > this.#longestRecursive) this.#longestRecursive = topic.length;
     if (!set.has(sub)) {
       set.add(sub);
       this.#count++;
@@ -27,7 +30,13 @@ export class TopicIndex<S> {
     const map = isRecursive(topic) ? this.#recursive : this.#exact;
     const set = map.get(topic);
     if (!set || !set.delete(sub)) return false;
-    if (set.size === 0) map.delete(topic);
+    if (set.size === 0) {
+      map.delete(topic);
+      if (map === this.#recursive && topic.length === this.#longestRecursive) {
+        this.#longestRecursive = 0;
+        for (const t of map.keys()) if (t.length > this.#longestRecursive) this.#longestRecursive = t.length;
+      }
+    }
     this.#count--;
     return true;
   }
@@ -41,7 +50,8 @@ export class TopicIndex<S> {
       n += exact.size;
     }
     if (this.#recursive.size === 0) return n;
-    for (let i = topic.indexOf('/'); i !== -1; i = topic.indexOf('/', i + 1)) {
+    const longest = this.#longestRecursive;
+    for (let i = topic.indexOf('/'); i !== -1 && i < longest; i = topic.indexOf('/', i + 1)) {
       const set = this.#recursive.get(topic.slice(0, i + 1));
       if (set) {
         for (const sub of set) each(sub, true);
