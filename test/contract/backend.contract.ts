@@ -3,7 +3,7 @@
  * (test/backend-memory.test.ts, test/backend-redis.test.ts).
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { BackendUnavailableError, DEFAULT_RETENTION, type Backend, type Retention } from '../../src/server/backends/backend.js';
+import { BackendUnavailableError, DEFAULT_RETENTION, storedSize, type Backend, type Retention } from '../../src/server/backends/backend.js';
 import { compareIds, isMessageId, type Message } from '../../src/protocol/message.js';
 
 export interface MadeBackend {
@@ -180,23 +180,30 @@ export function backendContract(name: string, make: MakeBackend): void {
       expect((await backend.history('c/y', x[0].id)).gap).toBe(false);
     });
 
-    it('trims by bytes per topic and in total', async () => {
-      const { backend } = await open({ bytes: 10, totalBytes: 20 });
+    it('trims by bytes per topic and in total, counting the whole stored message', async () => {
+      // Sizes as the limits count them: topic, headers and body plus the per-message overhead.
+      const x1 = storedSize('b/x', {}, Buffer.from('abc0'));
+      const t1 = storedSize('b/t0', {}, Buffer.from('123450'));
+      const { backend } = await open({ bytes: 2 * x1 + 1, totalBytes: 3 * t1 + 1 });
       for (let i = 0; i < 4; i++) await backend.publish('b/x', {}, Buffer.from(`abc${i}`));
       const x = await backend.history('b/x');
       expect(x.messages.map((m) => m.body.toString())).toEqual(['abc2', 'abc3']);
 
-      // Total: 20 bytes over all topics, so the oldest go first wherever they are.
+      // Total: over all topics, so the oldest go first wherever they are.
       for (let i = 0; i < 3; i++) await backend.publish(`b/t${i}`, {}, Buffer.from(`12345${i}`));
       const rec = await backend.history('b/');
-      const bytes = rec.messages.reduce((n, m) => n + m.body.length, 0);
-      expect(bytes).toBeLessThanOrEqual(20);
-      // 8 + 6 + 6 + 6 = 26 > 20: both of b/x's go, oldest first.
+      const bytes = rec.messages.reduce((n, m) => n + storedSize(m.topic, m.headers, m.body), 0);
+      expect(bytes).toBeLessThanOrEqual(3 * t1 + 1);
+      // 2 x1 + 3 t1 > the total: both of b/x's go, oldest first.
       expect(rec.messages.map((m) => m.body.toString())).toEqual(['123450', '123451', '123452']);
       expect((await backend.history('b/x', '0-0')).gap).toBe(true);
 
-      // A single body over the per-topic limit is not kept.
-      await backend.publish('b/big', {}, Buffer.alloc(11, 1));
+      // Kept headers and long topics count too: a message of empty body but big headers is over the per-topic limit.
+      await backend.publish('b/hdr', { 'x-big': 'h'.repeat(2 * x1) }, Buffer.alloc(0));
+      expect((await backend.history('b/hdr')).messages).toEqual([]);
+
+      // A single message over the per-topic limit is not kept.
+      await backend.publish('b/big', {}, Buffer.alloc(2 * x1 + 2, 1));
       expect((await backend.history('b/big')).messages).toEqual([]);
     });
 
@@ -250,8 +257,8 @@ export function backendContract(name: string, make: MakeBackend): void {
       for (let i = 0; i < 3; i++) await backend.publish('/unsafe/l/b', {}, Buffer.from('123'));
       const topics = (await backend.historyTopics()).sort((p, q) => p.topic.localeCompare(q.topic));
       expect(topics).toEqual([
-        { topic: '/unsafe/l/b', messages: 2, bytes: 6 },
-        { topic: 'l/a', messages: 1, bytes: 2 },
+        { topic: '/unsafe/l/b', messages: 2, bytes: 2 * storedSize('/unsafe/l/b', {}, Buffer.from('123')) },
+        { topic: 'l/a', messages: 1, bytes: storedSize('l/a', {}, Buffer.from('12')) },
       ]);
     });
 

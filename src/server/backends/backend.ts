@@ -9,12 +9,18 @@ import type { Headers, Message } from '../../protocol/message.js';
 export interface Retention {
   /** Messages kept per topic; 0 disables history. */
   count: number;
-  /** Bytes of bodies kept per topic; 0 disables history. */
+  /** Bytes kept per topic (storedSize of each message); 0 disables history. */
   bytes: number;
   /** Milliseconds a message is kept; 0 disables history. */
   ageMs: number;
-  /** Bytes of bodies kept across all topics, so memory stays bounded however many topics there are. */
+  /** Bytes kept across all topics (storedSize of each message), so memory stays bounded however many topics there are. */
   totalBytes: number;
+  /**
+   * Topics with history at most; past it the least recently published topic
+   * loses its history (it is remembered as trimmed, so a resume learns of the
+   * gap). Also bounds how many trimmed topics are remembered.
+   */
+  topics?: number;
 }
 
 export interface HistoryResult {
@@ -88,6 +94,7 @@ export const DEFAULT_RETENTION: Retention = {
   bytes: 8 * 1024 * 1024,
   ageMs: 24 * 60 * 60 * 1000,
   totalBytes: 256 * 1024 * 1024,
+  topics: 10_000,
 };
 
 /** What one retained message costs beyond its topic, headers and body (ids, indexes, bookkeeping). */

@@ -6,15 +6,28 @@
  * which is always the oldest message anywhere; per-topic count and size limits
  * pop the topic's head and leave a hole in the global list that is skipped
  * later. So every publish costs O(1) amortised, whatever the number of topics.
+ *
+ * Memory is bounded whatever the mix of topics, headers and bodies: every
+ * message counts as its storedSize (topic, kept headers, body, overhead), the
+ * number of topics with history is capped (the least recently published one
+ * loses its history first), and so is the number of topics remembered as
+ * trimmed (tombstones).
  */
-import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type PublishOptions, type Retention } from './backend.js';
+import { BackendUnavailableError, DEFAULT_RETENTION, historyEnabled, storedSize, type Backend, type HistoryResult, type PublishOptions, type Retention } from './backend.js';
 import { IdempotencyKeys, type IdempotencyOptions } from './idempotency.js';
 import { compareIds, IdGenerator, idTime, Message, type Headers } from '../../protocol/message.js';
 
 interface Entry {
-  message: Message;
-  removed: boolean;
+  /** The message's id, kept after removal: the lists stay sorted by it for binary search. */
+  readonly id: string;
+  /** Dropped (undefined) once removed, so a removed entry waiting for compaction pins no body or headers. */
+  message: Message | undefined;
+  /** storedSize of the message: what it counts against the byte limits. */
+  readonly size: number;
 }
+
+/** Lists are compacted once this many removed entries lead them (and they are at least half the list). */
+const COMPACT_AFTER = 64;
 
 interface TopicHistory {
   entries: Entry[];
@@ -23,10 +36,6 @@ interface TopicHistory {
   /** Id of the newest message trimmed from this topic, for gap detection. */
   trimmedUpTo: string | undefined;
 }
-
-// Topics whose history emptied are remembered this long (by count) so a
-// resume on them still learns about the gap; past it the global watermark answers.
-const TOMBSTONES = 100_000;
 
 export class MemoryBackend implements Backend {
   readonly name = 'memory';
@@ -47,10 +56,12 @@ export class MemoryBackend implements Backend {
   readonly #startedAt: number;
   #lastId: string | undefined;
   readonly #idempotency: IdempotencyKeys;
+  readonly #maxTopics: number;
 
   constructor(retention: Retention, now: () => number = Date.now, idempotency: IdempotencyOptions = {}) {
     this.#idempotency = new IdempotencyKeys(idempotency);
     this.#retention = retention;
+    this.#maxTopics = retention.topics ?? DEFAULT_RETENTION.topics!;
     this.#enabled = historyEnabled(retention);
     this.#now = now;
     this.#startedAt = now();
@@ -88,17 +99,24 @@ export class MemoryBackend implements Backend {
   }
 
   #retain(message: Message, now: number): void {
-    const entry: Entry = { message, removed: false };
+    const entry: Entry = { id: message.id, message, size: storedSize(message.topic, message.headers, message.body) };
     let t = this.#topics.get(message.topic);
-    if (!t) {
+    if (t) {
+      // Re-inserted, so the map's first topic is always the least recently published.
+      this.#topics.delete(message.topic);
+    } else {
       t = { entries: [], head: 0, bytes: 0, trimmedUpTo: this.#tombstones.get(message.topic) };
       this.#tombstones.delete(message.topic);
-      this.#topics.set(message.topic, t);
     }
+    this.#topics.set(message.topic, t);
     t.entries.push(entry);
-    t.bytes += message.body.length;
+    t.bytes += entry.size;
     this.#global.push(entry);
-    this.#totalBytes += message.body.length;
+    this.#totalBytes += entry.size;
+    if (this.#topics.size > this.#maxTopics) {
+      const [oldest, history] = this.#topics.entries().next().value as [string, TopicHistory];
+      this.#evict(oldest, history);
+    }
 
     const r = this.#retention;
     while (t.entries.length - t.head > r.count || (t.bytes > r.bytes && t.entries.length - t.head > 0)) {
@@ -107,25 +125,39 @@ export class MemoryBackend implements Backend {
     this.#expire(now);
   }
 
+  /** Drops a whole topic's history (past --history-topics); it is remembered as trimmed. */
+  #evict(topic: string, t: TopicHistory): void {
+    let last: string | undefined;
+    for (let i = t.head; i < t.entries.length; i++) {
+      const e = t.entries[i];
+      e.message = undefined;
+      this.#totalBytes -= e.size;
+      last = e.id;
+    }
+    this.#topics.delete(topic);
+    if (last !== undefined) this.#tombstone(topic, last);
+  }
+
   #removeFromTopic(t: TopicHistory, entry: Entry): void {
     // Only ever called for the topic's head.
-    entry.removed = true;
+    const topic = entry.message!.topic;
+    entry.message = undefined;
     t.head++;
-    t.bytes -= entry.message.body.length;
-    this.#totalBytes -= entry.message.body.length;
-    t.trimmedUpTo = entry.message.id;
-    if (t.head > 1024 && t.head * 2 > t.entries.length) {
+    t.bytes -= entry.size;
+    this.#totalBytes -= entry.size;
+    t.trimmedUpTo = entry.id;
+    if (t.head > COMPACT_AFTER && t.head * 2 > t.entries.length) {
       t.entries = t.entries.slice(t.head);
       t.head = 0;
     }
     if (t.entries.length === t.head) {
-      this.#topics.delete(entry.message.topic);
-      this.#tombstone(entry.message.topic, entry.message.id);
+      this.#topics.delete(topic);
+      this.#tombstone(topic, entry.id);
     }
   }
 
   #tombstone(topic: string, id: string): void {
-    if (this.#tombstones.size >= TOMBSTONES) {
+    if (this.#tombstones.size >= this.#maxTopics) {
       const [oldTopic, oldId] = this.#tombstones.entries().next().value as [string, string];
       this.#tombstones.delete(oldTopic);
       if (!this.#forgottenUpTo || compareIds(oldId, this.#forgottenUpTo) > 0) this.#forgottenUpTo = oldId;
@@ -138,14 +170,15 @@ export class MemoryBackend implements Backend {
     const cutoff = now - this.#retention.ageMs;
     while (this.#globalHead < this.#global.length) {
       const entry = this.#global[this.#globalHead];
-      if (!entry.removed) {
-        if (entry.message.time > cutoff && this.#totalBytes <= this.#retention.totalBytes) break;
-        const t = this.#topics.get(entry.message.topic)!;
+      const message = entry.message;
+      if (message) {
+        if (message.time > cutoff && this.#totalBytes <= this.#retention.totalBytes) break;
+        const t = this.#topics.get(message.topic)!;
         this.#removeFromTopic(t, entry);
       }
       this.#globalHead++;
     }
-    if (this.#globalHead > 1024 && this.#globalHead * 2 > this.#global.length) {
+    if (this.#globalHead > COMPACT_AFTER && this.#globalHead * 2 > this.#global.length) {
       this.#global = this.#global.slice(this.#globalHead);
       this.#globalHead = 0;
     }
@@ -201,11 +234,14 @@ function after(entries: Entry[], head: number, since: string | undefined): Messa
     let hi = entries.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (compareIds(entries[mid].message.id, since) <= 0) lo = mid + 1;
+      if (compareIds(entries[mid].id, since) <= 0) lo = mid + 1;
       else hi = mid;
     }
   }
   const out: Message[] = [];
-  for (let i = lo; i < entries.length; i++) if (!entries[i].removed) out.push(entries[i].message);
+  for (let i = lo; i < entries.length; i++) {
+    const m = entries[i].message;
+    if (m) out.push(m);
+  }
   return out;
 }
