@@ -27,7 +27,7 @@ const TRANSPORTS: Array<{ name: 'ws' | 'sse'; since: readonly SinceSource[]; bad
 
 function fakeContext(options: { shuttingDown?: boolean; full?: boolean } = {}) {
   const refused: string[] = [];
-  const limits = new Limits({ rateLimit: 0, rateLimitBurst: 0, maxSubscribersPerIp: 0, maxSubscriptions: 1, trustProxy: 0, limitExempt: [] });
+  const limits = new Limits({ rateLimit: 0, rateLimitBurst: 0, maxSubscribersPerIp: 0, maxSubscriptions: 1, maxConnectionsPerIp: 0, maxBodyInFlight: 0, trustProxy: 0, limitExempt: [] });
   // A full server: its one subscription is taken.
   if (options.full) limits.admitSubscriber(fakeRequest('/sub/x'));
   const ctx = {

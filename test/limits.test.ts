@@ -79,7 +79,7 @@ describe('client addresses', () => {
   });
 
   it('exempts loopback by default, and nothing with an empty --limit-exempt', () => {
-    const base = { rateLimit: 1, rateLimitBurst: 1, maxSubscribersPerIp: 1, maxSubscriptions: 0, trustProxy: 0 };
+    const base = { rateLimit: 1, rateLimitBurst: 1, maxSubscribersPerIp: 1, maxSubscriptions: 0, maxConnectionsPerIp: 0, maxBodyInFlight: 0, trustProxy: 0 };
     const exempt = new Limits({ ...base, limitExempt: ['127.0.0.0/8', '::1/128'] });
     expect(exempt.address(fakeRequest('127.0.0.1'))).toBeUndefined();
     expect(exempt.address(fakeRequest('::ffff:127.0.0.2'))).toBeUndefined();
@@ -92,7 +92,7 @@ describe('client addresses', () => {
   });
 
   it('releases subscriber slots once, and forgets an address at zero', () => {
-    const limits = new Limits({ rateLimit: 0, rateLimitBurst: 0, maxSubscribersPerIp: 2, maxSubscriptions: 3, trustProxy: 0, limitExempt: [] });
+    const limits = new Limits({ rateLimit: 0, rateLimitBurst: 0, maxSubscribersPerIp: 2, maxSubscriptions: 3, maxConnectionsPerIp: 0, maxBodyInFlight: 0, trustProxy: 0, limitExempt: [] });
     const a1 = limits.admitSubscriber(fakeRequest('192.0.2.1'));
     const a2 = limits.admitSubscriber(fakeRequest('192.0.2.1'));
     const a3 = limits.admitSubscriber(fakeRequest('192.0.2.1'));

@@ -78,7 +78,8 @@ const SHA1_BLOCK = 64;
  */
 class PrefixHmac {
   readonly #inner: Buffer;
-  readonly #outer: Buffer;
+  /** The outer hash with its key block already absorbed: each digest copies it rather than hashing the block again. */
+  readonly #outer: Hash;
 
   constructor(key: string) {
     let k = Buffer.from(key, 'utf8');
@@ -86,7 +87,7 @@ class PrefixHmac {
     const block = Buffer.alloc(SHA1_BLOCK);
     k.copy(block);
     this.#inner = Buffer.from(block.map((b) => b ^ 0x36));
-    this.#outer = Buffer.from(block.map((b) => b ^ 0x5c));
+    this.#outer = createHash('sha1').update(Buffer.from(block.map((b) => b ^ 0x5c)));
   }
 
   /**
@@ -102,7 +103,7 @@ class PrefixHmac {
       if (p.length > done) inner.update(p.slice(done));
       done = p.length;
       const innerDigest = inner.copy().digest();
-      createHash('sha1').update(this.#outer).update(innerDigest).digest().copy(out, offsets[i]);
+      this.#outer.copy().update(innerDigest).digest().copy(out, offsets[i]);
     }
   }
 }

@@ -43,6 +43,12 @@ export interface Config extends LimitsConfig {
   dedupeWindowMs: number;
   /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
   metricsToken?: string;
+  /** Time a client has to send its request headers (408 after). */
+  headerTimeoutMs: number;
+  /** Time a publisher has to send its body once the headers are in (408 after). */
+  bodyTimeoutMs: number;
+  /** Idle keep-alive connections are closed after this long. */
+  idleTimeoutMs: number;
 }
 
 /** The key from --key or HOOKBOT_KEY; missing is the error the original gives. */
@@ -61,6 +67,8 @@ function limits(v: ServeValues): LimitsConfig {
     rateLimitBurst,
     maxSubscribersPerIp: v.maxSubscribersPerIp,
     maxSubscriptions: v.maxSubscriptions,
+    maxConnectionsPerIp: v.maxConnectionsPerIp,
+    maxBodyInFlight: v.maxBodyInFlight,
     trustProxy: v.trustProxy,
     limitExempt: v.limitExempt,
   };
@@ -89,7 +97,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
   if (Boolean(v.sslkey) !== Boolean(v.sslcrt)) throw new ConfigError('--sslkey and --sslcrt must be given together');
   const tls = v.sslkey && v.sslcrt ? { key: readFileOption(v.sslkey, '--sslkey'), cert: readFileOption(v.sslcrt, '--sslcrt') } : undefined;
 
-  const retention: Retention = { count: v.history, bytes: v.historyBytes, ageMs: v.historyAge, totalBytes: v.historyTotalBytes };
+  const retention: Retention = { count: v.history, bytes: v.historyBytes, ageMs: v.historyAge, totalBytes: v.historyTotalBytes, topics: v.historyTopics };
 
   return {
     bind: v.bind,
@@ -107,6 +115,9 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     ...routers(v),
     ...limits(v),
     ...(v.metricsToken ? { metricsToken: v.metricsToken } : {}),
+    headerTimeoutMs: v.headerTimeout,
+    bodyTimeoutMs: v.bodyTimeout,
+    idleTimeoutMs: v.idleTimeout,
   };
 }
 

@@ -2,7 +2,7 @@
  * Puts the pieces together: backend → broker → transports → one HTTP(S)
  * server, plus the stats line and graceful shutdown.
  */
-import { createServer as createHttpServer, type Server } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Backend } from './backends/backend.js';
@@ -11,7 +11,9 @@ import { RedisBackend } from './backends/redis.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
+import { configureConnections, SERVER_OPTIONS } from './http/connections.js';
 import { createHttpHandler } from './http/handler.js';
+import { refuseUpgrade } from './http/respond.js';
 import { Limits } from './ops/limits.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './ops/metrics.js';
@@ -54,26 +56,22 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const broker = new Broker(backend, log);
   // Before the routers, so they can count verifications; ws and sse are read at scrape time only, by when they exist.
   const sessions = new Sessions(broker, log, config.maxSubscriberBuffer);
-  const metrics = new Metrics({ broker, subscribers: () => sessions.counts() }, config.metricsToken);
+  const limits = new Limits(config);
+  const metrics = new Metrics({ broker, subscribers: () => sessions.counts(), bodyInFlight: () => limits.bodyInFlight }, config.metricsToken);
   // Subscribed before listening, so no webhook arriving at startup goes unrouted.
   const routers = await startRouters(config, broker, log, metrics);
-  const limits = new Limits(config);
   const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, metrics, limits, shuttingDown: false };
   const ws = new WebSocketTransport(ctx, sessions);
   const sse = new SseTransport(ctx, sessions);
   const http = createHttpHandler(ctx, sse);
 
-  const server: Server = config.tls ? createHttpsServer({ key: config.tls.key, cert: config.tls.cert }, http) : createHttpServer(http);
-  server.on('upgrade', (req, socket, head) => ws.handleUpgrade(req, socket, head));
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (!socket.writable) return void socket.destroy();
-    const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : '400 Bad Request';
-    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n${status}: malformed HTTP request\n`);
-  });
+  const server: Server = config.tls ? createHttpsServer({ ...SERVER_OPTIONS, key: config.tls.key, cert: config.tls.cert }, http) : createHttpServer(SERVER_OPTIONS, http);
   const sockets = new Set<Socket>();
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
+  configureConnections(server, ctx, Boolean(config.tls), sockets);
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const refused = limits.connectionRefusal(socket);
+    if (refused) return refuseUpgrade(socket, refused);
+    ws.handleUpgrade(req, socket, head);
   });
 
   await new Promise<void>((resolve, reject) => {

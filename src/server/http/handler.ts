@@ -10,6 +10,7 @@ import { parseEndpoint, type Endpoint } from '../../protocol/topics.js';
 import { splitUrl } from '../admission.js';
 import type { Context } from '../context.js';
 import { wantsEventStream, type SseTransport } from '../transports/sse.js';
+import { declinedUpgrade } from './connections.js';
 import { createOpsApp, isOpsPath } from './ops.js';
 import { publish } from './publish.js';
 import { asHttpError, reply, replyError } from './respond.js';
@@ -25,6 +26,13 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
   const app = createOpsApp(ctx);
 
   return (req: IncomingMessage, res: ServerResponse): void => {
+    // An upgrade offer we did not take may leave the parser in upgrade mode: this connection serves one request.
+    if (declinedUpgrade(req)) res.shouldKeepAlive = false;
+    const refused = ctx.limits.connectionRefusal(req.socket);
+    if (refused) {
+      res.shouldKeepAlive = false;
+      return replyError(res, refused);
+    }
     const { path, query } = splitUrl(req.url);
     if (path === '/status') return reply(res, Status.OK, 'OK');
     if (isOpsPath(path)) return void app(req as Parameters<typeof app>[0], res as Parameters<typeof app>[1]);

@@ -17,6 +17,10 @@ export function isOpsPath(path: string): boolean {
 export function createOpsApp(ctx: Context): express.Express {
   const app = express();
   app.disable('x-powered-by');
+  app.use((_req, res, next) => {
+    res.set('x-content-type-options', 'nosniff');
+    next();
+  });
   app.set('etag', false);
   // Process alive and answering; says nothing about the backend, so a Redis outage never restarts the process.
   app.get('/healthz', (_req, res) => {

@@ -14,7 +14,8 @@ import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY, type PublishOptions } fro
 import type { Context } from '../context.js';
 import type { RejectReason } from '../ops/metrics.js';
 import { ENVELOPES } from '../routers/envelopes.js';
-import { replyError, TEXT } from './respond.js';
+import { lingeringClose } from './connections.js';
+import { NOSNIFF, replyError, TEXT } from './respond.js';
 
 // A string body lets node send status line, headers and body in one write.
 const OK = 'OK\n';
@@ -45,62 +46,96 @@ function refuse(ctx: Context, res: ServerResponse, reason: RejectReason, err: Ht
   replyError(res, err);
 }
 
+/**
+ * A refusal sent before the body is read (or while it arrives): the rest of
+ * the body is never buffered, the connection closes after the answer, and
+ * it closes gracefully so the client reads the answer, not a reset.
+ */
+function refuseUnread(ctx: Context, req: IncomingMessage, res: ServerResponse, reason: RejectReason, err: HttpError): void {
+  lingeringClose(req);
+  refuse(ctx, res, reason, new HttpError(err.status, err.message, { ...err.headers, connection: 'close' }, err.body));
+}
+
 export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoint: Endpoint, query: URLSearchParams): void {
   const startedAt = performance.now();
-  if (ctx.shuttingDown) return refuse(ctx, res, 'unavailable', SHUTTING_DOWN());
-  const limited = ctx.limits.publish(req);
-  if (limited) return refuse(ctx, res, 'rate_limited', limited);
-  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return refuse(ctx, res, 'unauthorized', unauthorized());
+  const { config, limits } = ctx;
+  if (ctx.shuttingDown) return refuseUnread(ctx, req, res, 'unavailable', SHUTTING_DOWN());
+  // Before the token, so guessing tokens is rate limited too.
+  const limited = limits.publish(req);
+  if (limited) return refuseUnread(ctx, req, res, 'rate_limited', limited);
+  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return refuseUnread(ctx, req, res, 'unauthorized', unauthorized());
 
   const metadata = query.get('extra-metadata');
   const envelope = metadata === null ? undefined : ENVELOPES[metadata];
   if (metadata !== null && !envelope) {
-    return refuse(ctx, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `bad ?extra-metadata=: supported values are ${Object.keys(ENVELOPES).join(', ')}`));
+    return refuseUnread(ctx, req, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `bad ?extra-metadata=: supported values are ${Object.keys(ENVELOPES).join(', ')}`));
   }
 
   // A retry of a publish already stored gets the original id back; GitHub's delivery id serves for its envelopes.
   const idempotencyHeader = req.headers['idempotency-key'] ?? (metadata === 'github' ? req.headers['x-github-delivery'] : undefined);
   const idempotencyKey = (Array.isArray(idempotencyHeader) ? idempotencyHeader[0] : idempotencyHeader) || undefined;
   if (idempotencyKey !== undefined && idempotencyKey.length > MAX_IDEMPOTENCY_KEY) {
-    return refuse(ctx, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `Idempotency-Key is longer than ${MAX_IDEMPOTENCY_KEY} characters`));
+    return refuseUnread(ctx, req, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `Idempotency-Key is longer than ${MAX_IDEMPOTENCY_KEY} characters`));
   }
   const options: PublishOptions | undefined = idempotencyKey === undefined ? undefined : { idempotencyKey };
 
-  const max = ctx.config.maxBody;
-  const tooLarge = () => {
-    // Answer, then stop reading: the rest of the body is never buffered.
-    refuse(ctx, res, 'too_large', new HttpError(Status.PAYLOAD_TOO_LARGE, `body exceeds --max-body of ${max} bytes`, { connection: 'close' }));
-    req.unpipe();
-    req.resume();
-    res.on('finish', () => req.destroy());
-  };
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > max) return tooLarge();
+  const max = config.maxBody;
+  const tooLarge = () => new HttpError(Status.PAYLOAD_TOO_LARGE, `body exceeds --max-body of ${max} bytes`);
+  const busy = () =>
+    new HttpError(Status.SERVICE_UNAVAILABLE, `the server is receiving its maximum of ${limits.config.maxBodyInFlight} body bytes at once (--max-body-in-flight); retry shortly`, { 'retry-after': '1' });
+  const declaredHeader = req.headers['content-length'];
+  const declared = declaredHeader === undefined ? undefined : Number(declaredHeader);
+  if (declared !== undefined && declared > max) return refuseUnread(ctx, req, res, 'too_large', tooLarge());
+  // A declared body is reserved whole up front; a chunked one as it arrives.
+  let reserved = 0;
+  if (declared !== undefined) {
+    if (!limits.reserveBody(declared)) return refuseUnread(ctx, req, res, 'unavailable', busy());
+    reserved = declared;
+  }
 
-  const chunks: Buffer[] = [];
+  let chunks: Buffer[] = [];
   let size = 0;
-  let failed = false;
+  let settled = false;
+  /** Stops receiving: the budget and the buffered chunks are given back at once, whatever happens next. */
+  const finish = () => {
+    settled = true;
+    clearTimeout(timer);
+    limits.releaseBody(reserved);
+    reserved = 0;
+    chunks = [];
+  };
+  const stop = (reason: RejectReason, err: HttpError) => {
+    finish();
+    refuseUnread(ctx, req, res, reason, err);
+  };
+  const timer = setTimeout(() => {
+    if (!settled) stop('timeout', new HttpError(Status.REQUEST_TIMEOUT, `body not received within --body-timeout of ${config.bodyTimeoutMs} ms`));
+  }, config.bodyTimeoutMs);
+  timer.unref();
+
   req.on('data', (chunk: Buffer) => {
-    if (failed) return;
+    if (settled) return;
     size += chunk.length;
-    if (size > max) {
-      failed = true;
-      chunks.length = 0;
-      return tooLarge();
+    if (size > max) return stop('too_large', tooLarge());
+    if (declared === undefined) {
+      if (!limits.reserveBody(chunk.length)) return stop('unavailable', busy());
+      reserved += chunk.length;
     }
     chunks.push(chunk);
   });
-  req.on('error', () => {
-    failed = true;
+  // The client went away (or the socket failed) mid-body: nothing to answer, memory back now.
+  req.on('close', () => {
+    if (!settled) finish();
   });
   req.on('end', () => {
-    if (failed) return;
+    if (settled) return;
     const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-    const headers = keptHeaders(req.headers, ctx.config.keepHeaders);
+    finish();
+    const headers = keptHeaders(req.headers, config.keepHeaders);
     const body = envelope ? envelope(req.headers, raw) : raw;
     const accepted = (message: Message) => {
       ctx.metrics.publishAccepted(size, startedAt);
-      res.writeHead(Status.OK, ['content-type', TEXT, 'content-length', '3', 'x-content-type-options', 'nosniff', 'x-hookbot-message-id', message.id]);
+      res.writeHead(Status.OK, ['content-type', TEXT, 'content-length', '3', 'x-content-type-options', NOSNIFF, 'x-hookbot-message-id', message.id]);
       res.end(OK);
     };
     const failedToStore = (err: Error) => {

@@ -21,6 +21,10 @@ export interface LimitsConfig {
   maxSubscribersPerIp: number;
   /** Concurrent subscriptions on this server; 0 disables. */
   maxSubscriptions: number;
+  /** Concurrent connections per client (socket) address; 0 disables. */
+  maxConnectionsPerIp: number;
+  /** Publish body bytes being received at once, server-wide; 0 disables. */
+  maxBodyInFlight: number;
   /**
    * Proxies in front of the server whose `X-Forwarded-For` entries are trusted;
    * 0 uses the socket address and ignores the header.
@@ -38,6 +42,9 @@ export const LIMIT_DEFAULTS = {
   rateLimit: 100,
   maxSubscribersPerIp: 200,
   maxSubscriptions: 10_000,
+  // Above --max-subscribers-per-ip, so a host's subscribers always fit, with room for its publishes.
+  maxConnectionsPerIp: 256,
+  maxBodyInFlight: 256 * 1024 * 1024,
   trustProxy: 0,
   limitExempt: ['127.0.0.0/8', '::1/128'],
 } as const;
@@ -196,12 +203,66 @@ export class Limits {
    * connection rather than per publish. Null: exempt.
    */
   readonly #byConnection = new WeakMap<Socket, string | null>();
+  readonly #connections = new Map<string, number>();
+  /** Connections past --max-connections-per-ip: answered 429 at their first request. */
+  readonly #overLimit = new WeakSet<Socket>();
   #subscriptions = 0;
+  #bodyInFlight = 0;
 
   constructor(config: LimitsConfig) {
     this.config = config;
     this.#rate = config.rateLimit > 0 ? new RateLimiter(config.rateLimit, config.rateLimitBurst) : undefined;
     this.#exempt = exemptList(config.limitExempt);
+  }
+
+  /** Publish body bytes being received now (reserved by publishes in progress). */
+  get bodyInFlight(): number {
+    return this.#bodyInFlight;
+  }
+
+  /**
+   * Reserves `bytes` of the server-wide body budget; false (nothing reserved)
+   * when that would pass --max-body-in-flight.
+   */
+  reserveBody(bytes: number): boolean {
+    const max = this.config.maxBodyInFlight;
+    if (max > 0 && this.#bodyInFlight + bytes > max) return false;
+    this.#bodyInFlight += bytes;
+    return true;
+  }
+
+  releaseBody(bytes: number): void {
+    this.#bodyInFlight -= bytes;
+  }
+
+  /** The refusal of a request on a connection past --max-connections-per-ip, if it is one. */
+  connectionRefusal(socket: Socket): HttpError | undefined {
+    if (!this.#overLimit.has(socket)) return undefined;
+    return refusal(Status.TOO_MANY_REQUESTS, SUBSCRIBER_RETRY_AFTER, `this address already holds ${this.config.maxConnectionsPerIp} connections (--max-connections-per-ip)`);
+  }
+
+  /**
+   * Counts a new TCP connection against its address, until it closes. Keyed by
+   * the socket's own address: behind --trust-proxy every connection comes from
+   * the proxy, so the limit is not applied there.
+   */
+  trackConnection(socket: Socket): void {
+    const max = this.config.maxConnectionsPerIp;
+    if (max === 0 || this.config.trustProxy > 0) return;
+    const addr = normalizeAddress(socket.remoteAddress ?? 'unknown');
+    const key = this.#keyOf(addr);
+    if (key === null) return;
+    const held = this.#connections.get(key) ?? 0;
+    if (held >= max) {
+      this.#overLimit.add(socket);
+      return;
+    }
+    this.#connections.set(key, held + 1);
+    socket.once('close', () => {
+      const n = (this.#connections.get(key) ?? 1) - 1;
+      if (n <= 0) this.#connections.delete(key);
+      else this.#connections.set(key, n);
+    });
   }
 
   /** Concurrent subscribers admitted and not yet released. */

@@ -12,8 +12,8 @@ import type { Broker } from '../broker.js';
 import { safeEqual } from '../../util/safe-equal.js';
 
 /** Why a publish was refused; a fixed set so the label stays bounded. */
-export type RejectReason = 'unauthorized' | 'too_large' | 'bad_request' | 'unavailable' | 'rate_limited' | 'error';
-export const REJECT_REASONS: readonly RejectReason[] = ['unauthorized', 'too_large', 'bad_request', 'unavailable', 'rate_limited', 'error'];
+export type RejectReason = 'unauthorized' | 'too_large' | 'bad_request' | 'unavailable' | 'rate_limited' | 'timeout' | 'error';
+export const REJECT_REASONS: readonly RejectReason[] = ['unauthorized', 'too_large', 'bad_request', 'unavailable', 'rate_limited', 'timeout', 'error'];
 
 export type TransportName = 'ws' | 'sse';
 export type SubscriberRefusal = 'per_ip_limit' | 'server_limit';
@@ -22,6 +22,8 @@ export interface MetricsSources {
   broker: Broker;
   /** Connected subscribers per transport, read at scrape time. */
   subscribers(): Record<TransportName, number>;
+  /** Publish body bytes being received now (--max-body-in-flight), read at scrape time. */
+  bodyInFlight?(): number;
 }
 
 /** How long a scrape waits for the backend's history sizes (Redis may be slow or down). */
@@ -54,6 +56,14 @@ export class Metrics {
       collect() {
         const n = sources.subscribers();
         for (const t of ['ws', 'sse'] as const) this.labels(t).set(n[t]);
+      },
+    });
+    new Gauge({
+      name: 'hookbot_publish_body_bytes_in_flight',
+      help: 'Publish body bytes being received right now (bounded by --max-body-in-flight).',
+      registers,
+      collect() {
+        this.set(sources.bodyInFlight?.() ?? 0);
       },
     });
     new Gauge({

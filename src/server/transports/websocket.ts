@@ -71,6 +71,8 @@ export class WebSocketTransport {
       maxPayload: MAX_INCOMING_FRAME,
       handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
     });
+    // Every answer, the 101 included, says its content is what it claims.
+    this.#wss.on('headers', (headers) => headers.push('X-Content-Type-Options: nosniff'));
     this.#pingTimer = setInterval(() => this.#pingAll(), ctx.config.pingIntervalMs);
     this.#pingTimer.unref();
   }
