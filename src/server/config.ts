@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Retention } from './backends/backend.js';
-import type { LimitsConfig } from './ops/limits.js';
+import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
 
 export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
@@ -66,7 +66,7 @@ function limits(v: ServeValues): LimitsConfig {
     rateLimit: v.rateLimit,
     rateLimitBurst,
     maxSubscribersPerIp: v.maxSubscribersPerIp,
-    maxSubscriptions: v.maxSubscriptions,
+    maxSubscriptions: v.maxSubscriptions ?? LIMIT_DEFAULTS.maxSubscriptions,
     maxConnectionsPerIp: v.maxConnectionsPerIp,
     maxBodyInFlight: v.maxBodyInFlight,
     trustProxy: v.trustProxy,

@@ -358,7 +358,8 @@ export const SERVE_OPTIONS = {
     kind: 'value',
     flags: '--max-subscriptions <n>',
     env: 'HOOKBOT_MAX_SUBSCRIPTIONS',
-    default: String(LIMIT_DEFAULTS.maxSubscriptions),
+    // Derived from this machine's open-file limit (LIMIT_DEFAULTS), so --help names the rule, not a number.
+    defaultText: 'open-file limit less a tenth',
     help: 'concurrent subscriptions on this server, 503 beyond; 0 disables',
     parse: parseCount,
   },
