@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
-import { checkRedisUrl } from './backends/redis.js';
+import { checkRedisUrl, DEFAULT_CATCH_UP, type CatchUpWindow } from './backends/redis.js';
 import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 
 export class ConfigError extends Error {
@@ -42,11 +42,13 @@ export interface Config extends LimitsConfig {
   retention: Retention;
   /** Cluster mode: history and fan-out in this Redis instead of in memory (never logged: it may hold a password). */
   redisUrl?: string;
+  /** Cluster mode: how far behind a node may fall (or how long its Redis link may be down) and still deliver everything. */
+  catchUp: CatchUpWindow;
   /** In-server routers to run (`--router`), and what they verify deliveries with. */
   routers: string[];
   githubSecrets: string[];
   gitlabTokens: string[];
-  /** How long a router remembers a delivery id, so a redelivery is re-published once. */
+  /** How long a router remembers a delivery id, and a publish its Idempotency-Key, so a redelivery is published once. */
   dedupeWindowMs: number;
   /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
   metricsToken?: string;
@@ -121,6 +123,9 @@ export interface ServeOptions {
   historyAge?: string;
   historyTotalBytes?: string;
   redis?: string;
+  catchUpAge?: string;
+  catchUpCount?: string;
+  catchUpBytes?: string;
   router?: string[];
   githubSecret?: string[];
   gitlabToken?: string[];
@@ -233,6 +238,16 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     }
   }
 
+  const catchUp = {
+    ageMs: opts.catchUpAge !== undefined ? parseDuration(opts.catchUpAge, '--catch-up-age') : DEFAULT_CATCH_UP.ageMs,
+    count: opts.catchUpCount !== undefined ? parseCount(opts.catchUpCount, '--catch-up-count') : DEFAULT_CATCH_UP.count,
+    bytes: opts.catchUpBytes !== undefined ? parseSize(opts.catchUpBytes, '--catch-up-bytes') : DEFAULT_CATCH_UP.bytes,
+  };
+  // Nodes deliver by reading the feed, so a window of nothing would deliver nothing.
+  if (catchUp.ageMs < 1000) throw new ConfigError('--catch-up-age must be at least 1s');
+  if (catchUp.count < 1) throw new ConfigError('--catch-up-count must be at least 1');
+  if (catchUp.bytes < 1) throw new ConfigError('--catch-up-bytes must be at least 1 byte');
+
   const metricsToken = opts.metricsToken ?? (env.HOOKBOT_METRICS_TOKEN || undefined);
 
   return {
@@ -248,6 +263,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     keepHeaders,
     retention,
     ...(redisUrl !== undefined ? { redisUrl } : {}),
+    catchUp,
     ...resolveRouters(opts, env),
     ...resolveLimits(opts, env),
     ...(metricsToken ? { metricsToken } : {}),
