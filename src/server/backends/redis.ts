@@ -461,19 +461,23 @@ export class RedisBackend implements Backend {
         this.#stats.duplicatesDropped++;
         continue;
       }
-      // Fields in the order publish.lua writes them: t, h, b, m, p.
-      if (this.#checkChain && f[9].toString('latin1') !== last) this.#reportLost(last, 'feed entries before this one were trimmed or lost');
-      this.#checkChain = true;
       let message: Message;
+      let prev: string;
       try {
-        // The body is copied so the message does not pin the socket's read buffer.
+        // Fields in the order publish.lua writes them: t, h, b, m, p. The body is
+        // copied so the message does not pin the socket's read buffer.
+        if (f.length !== 10) throw new Error(`${f.length} fields`);
+        prev = f[9].toString('latin1');
         message = new Message(id, f[1].toString(), JSON.parse(f[3].toString()) as Headers, Buffer.from(f[5]), Number(f[7].toString('latin1')));
       } catch (err) {
+        // Skipped, never retried forever; its subscribers hear of the hole.
         this.#log.error({ err: (err as Error).message, id }, 'undecodable feed entry');
         this.#lastDelivered = id;
         this.#reportLost(last, 'undecodable feed entry');
         continue;
       }
+      if (this.#checkChain && prev !== last) this.#reportLost(last, 'feed entries before this one were trimmed or lost');
+      this.#checkChain = true;
       this.#lastDelivered = id;
       try {
         this.#listener(message);
