@@ -2,8 +2,11 @@
  * The library as users import it: `import { subscribe, startServer } from 'hookbot'`
  * resolves through package.json "exports" to dist/ (built by `npm test`).
  */
+import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { makeToken, resolveServeConfig, startServer, subscribe } from 'hookbot';
+import { ROOT } from './helpers.js';
 
 describe("import from 'hookbot'", () => {
   it('runs a server and a subscriber through the public API, resuming by id', async () => {
@@ -30,5 +33,15 @@ describe("import from 'hookbot'", () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('the npm package', () => {
+  it("ships the Redis backend's Lua scripts beside its code in dist/", () => {
+    const scripts = readdirSync(new URL('../src/server/backends/redis-lua/', import.meta.url)).filter((f) => f.endsWith('.lua'));
+    expect(scripts.length).toBeGreaterThan(0);
+    const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as Array<{ files: Array<{ path: string }> }>;
+    const files = packed[0].files.map((f) => f.path);
+    for (const name of scripts) expect(files).toContain(`dist/server/backends/redis-lua/${name}`);
   });
 });
