@@ -49,7 +49,7 @@ const between = (lo, hi) => lo + random() * (hi - lo);
 
 const NODES = 3;
 const PUBLISHERS = 4;
-const PUBLISH_GAP_MS = 15; // per publisher, between answered publishes: ~250 publishes/s in all
+const PUBLISH_GAP_MS = 15; // per publisher, between answered publishes (at most ~250 publishes/s in all)
 const TOPICS = ['chaos/a', 'chaos/b', 'chaos/c/deep', 'chaos/d'];
 const HARD_LIMIT_MS = (SECONDS + 150) * 1000;
 
