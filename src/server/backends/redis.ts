@@ -132,9 +132,10 @@ function loadScripts(): NonNullable<typeof scripts> {
       throw new Error(`cannot read the Redis script ${name}.lua in ${SCRIPT_DIR.pathname}: ${(err as Error).message} (npm run build copies src/**/*.lua to dist/)`);
     }
   };
+  // Redis scripts cannot include files: each one is sent with the shared part in front.
   const common = read('common');
-  const with_ = (name: string) => `${common}\n${read(name)}`;
-  scripts = { publish: with_('publish'), expire: with_('expire'), history: with_('history'), cursor: with_('cursor') };
+  const script = (name: string) => `${common}\n${read(name)}`;
+  scripts = { publish: script('publish'), expire: script('expire'), history: script('history'), cursor: script('cursor') };
   return scripts;
 }
 
