@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Retention } from './backends/backend.js';
+import type { CatchUpWindow } from './backends/redis.js';
 import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
 
@@ -43,6 +44,8 @@ export interface Config extends LimitsConfig {
   dedupeWindowMs: number;
   /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
   metricsToken?: string;
+  /** Cluster mode: how far a node may fall behind the shared feed and still deliver everything. */
+  catchUp: CatchUpWindow;
   /** Time a client has to send its request headers (408 after). */
   headerTimeoutMs: number;
   /** Time a publisher has to send its body once the headers are in (408 after). */
@@ -115,6 +118,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     ...routers(v),
     ...limits(v),
     ...(v.metricsToken ? { metricsToken: v.metricsToken } : {}),
+    catchUp: { ageMs: v.catchUpAge, count: v.catchUpCount, bytes: v.catchUpBytes },
     headerTimeoutMs: v.headerTimeout,
     bodyTimeoutMs: v.bodyTimeout,
     idleTimeoutMs: v.idleTimeout,
