@@ -15,9 +15,9 @@
  *                      (and `*since`: when the set began, see cursor.lua)
  *   {ns}:log           stream of every retained message (history): the copy read for
  *                      recursive replay
- *   {ns}:t:<topic>     per-topic stream holding only ids and body lengths (the topic's
+ *   {ns}:t:<topic>     per-topic stream holding only ids and stored sizes (the topic's
  *                      index), trimmed by the per-topic count and byte limits
- *   {ns}:bytes         hash topic -> retained body bytes
+ *   {ns}:bytes         hash topic -> retained bytes (storedSize)
  *   {ns}:trimmed       hash topic -> newest id trimmed from it, for gap detection
  *   {ns}:total         retained bytes over all topics (storedSize of each message)
  *   {ns}:expire-at     when the log's head is due for age expiry (saves reading it per publish)
