@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
 import { checkRedisUrl } from './backends/redis.js';
 import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
+import { ROUTER_NAMES, ROUTERS, type RouterSpec } from './routers/registry.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -160,25 +161,23 @@ export function resolveLimits(opts: ServeOptions, env: NodeJS.ProcessEnv): Pick<
   };
 }
 
-export const ROUTERS = ['github', 'gitlab'];
-
 /** `--router` names and their credentials; a router that could not verify anything refuses to start. */
 export function resolveRouters(opts: ServeOptions, env: NodeJS.ProcessEnv): Pick<Config, 'routers' | 'githubSecrets' | 'gitlabTokens' | 'dedupeWindowMs'> {
   const routers = [...new Set((opts.router ?? []).flatMap((r) => parseList(r)))];
   for (const r of routers) {
-    if (!ROUTERS.includes(r)) throw new ConfigError(`--router ${JSON.stringify(r)} is not a router; available: ${ROUTERS.join(', ')}`);
+    if (!ROUTER_NAMES.includes(r)) throw new ConfigError(`--router ${JSON.stringify(r)} is not a router; available: ${ROUTER_NAMES.join(', ')}`);
   }
-  // Flags replace the environment rather than adding to it, so a stale env secret can't linger.
-  const githubSecrets = opts.githubSecret?.length ? opts.githubSecret.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITHUB_SECRET);
-  const gitlabTokens = opts.gitlabToken?.length ? opts.gitlabToken.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITLAB_TOKEN);
-  if (routers.includes('github') && githubSecrets.length === 0) {
-    throw new ConfigError('--router github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
-  }
-  if (routers.includes('gitlab') && gitlabTokens.length === 0) {
-    throw new ConfigError('--router gitlab needs the GitLab webhook secret token: set HOOKBOT_GITLAB_TOKEN or pass --gitlab-token (comma-separate several to rotate)');
+  const secrets = {} as Pick<Config, RouterSpec['secret']['config']>;
+  for (const { name, secret } of ROUTERS) {
+    const flag = opts[secret.option];
+    // Flags replace the environment rather than adding to it, so a stale env secret can't linger.
+    secrets[secret.config] = flag?.length ? flag.flatMap((s) => parseList(s)) : parseList(env[secret.env]);
+    if (routers.includes(name) && secrets[secret.config].length === 0) {
+      throw new ConfigError(`--router ${name} needs ${secret.what}: set ${secret.env} or pass ${secret.flag} (comma-separate several to rotate)`);
+    }
   }
   const dedupeWindowMs = opts.dedupeWindow !== undefined ? parseDuration(opts.dedupeWindow, '--dedupe-window') : 3_600_000;
-  return { routers, githubSecrets, gitlabTokens, dedupeWindowMs };
+  return { routers, ...secrets, dedupeWindowMs };
 }
 
 /** The key from --key or HOOKBOT_KEY; missing is the error the original gives. */

@@ -7,7 +7,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import express from 'express';
 import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY } from '../backends/backend.js';
 import { keptHeaders, UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE, type Context } from '../context.js';
-import { ENVELOPES } from '../routers/envelopes.js';
+import { envelopeFor, ROUTER_NAMES } from '../routers/registry.js';
 import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
 import type { SseTransport } from '../transports/sse.js';
 import { Message } from '../../protocol/message.js';
@@ -100,10 +100,10 @@ function publish(ctx: Context, req: IncomingMessage, res: ServerResponse, endpoi
   }
 
   const metadata = query.get('extra-metadata');
-  const envelope = metadata === null ? undefined : ENVELOPES[metadata];
+  const envelope = metadata === null ? undefined : envelopeFor(metadata);
   if (metadata !== null && !envelope) {
     metrics.publishRejected('bad_request');
-    return reply(res, 400, `400 Bad Request (bad ?extra-metadata=): supported values are ${Object.keys(ENVELOPES).join(', ')}`);
+    return reply(res, 400, `400 Bad Request (bad ?extra-metadata=): supported values are ${ROUTER_NAMES.join(', ')}`);
   }
 
   const max = ctx.config.maxBody;
