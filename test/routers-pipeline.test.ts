@@ -3,7 +3,7 @@
  * it relies on to verify before it decodes or parses (building matches Go's
  * json.Marshal byte for byte, locating agrees with JSON.parse on what an
  * envelope says, a large payload is streamed in chunks with turns of the
- * event loop between them), and verify-first itself.
+ * event loop between them), verify-first itself, and the bounded queue.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
@@ -11,6 +11,7 @@ import { Message } from '../src/protocol/message.js';
 import { goEnvelope, locateEnvelope, looksLikeObject } from '../src/server/routers/envelope.js';
 import { createGithubRouter, githubEnvelope } from '../src/server/routers/github.js';
 import { hmacHex, Payload, PayloadError } from '../src/server/routers/payload.js';
+import { SerialQueue } from '../src/server/routers/pipeline.js';
 import { decodeBase64, goJSON, type RouterEvent, type RouterHost } from '../src/server/routers/router.js';
 
 function located(body: string | Buffer) {
@@ -181,3 +182,31 @@ describe('github router, verify first', () => {
   });
 });
 
+describe('SerialQueue', () => {
+  it('bounds waiting bytes as well as waiting jobs, and always takes a job when none waits', async () => {
+    const queue = new SerialQueue(10, 100);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const order: number[] = [];
+    // Larger than the whole budget, but nothing waits: taken.
+    expect(queue.run(() => gate.then(() => void order.push(1)), 150)).toBeDefined();
+    expect(queue.refusal(1)).toBe('more than 0 MiB of messages waiting');
+    expect(queue.run(async () => void order.push(2), 1)).toBeUndefined();
+    release();
+    await queue.idle();
+    expect(queue.run(async () => void order.push(3), 60)).toBeDefined();
+    expect(queue.run(async () => void order.push(4), 40)).toBeDefined();
+    expect(queue.run(async () => void order.push(5), 1)).toBeUndefined();
+    await queue.idle();
+    expect(order).toEqual([1, 3, 4]);
+    expect(queue.refusal(100)).toBeUndefined();
+  });
+
+  it('bounds waiting jobs', () => {
+    const queue = new SerialQueue(2, 1000);
+    const never = () => new Promise<void>(() => {});
+    expect(queue.run(never)).toBeDefined();
+    expect(queue.run(never)).toBeDefined();
+    expect(queue.refusal(0)).toBe('more than 2 messages waiting');
+  });
+});

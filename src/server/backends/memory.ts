@@ -27,6 +27,7 @@ interface TopicHistory {
 // Topics whose history emptied are remembered this long (by count) so a
 // resume on them still learns about the gap; past it the global watermark answers.
 const TOMBSTONES = 100_000;
+const EMPTY = Buffer.alloc(0);
 
 export class MemoryBackend implements Backend {
   readonly name = 'memory';
@@ -122,6 +123,10 @@ export class MemoryBackend implements Backend {
       this.#topics.delete(entry.message.topic);
       this.#tombstone(entry.message.topic, entry.message.id);
     }
+    // The hole stays in the lists (its id orders the binary search) until they
+    // are compacted, up to 1024 entries later; the body must not stay with it.
+    const { id, topic, time } = entry.message;
+    entry.message = new Message(id, topic, {}, EMPTY, time);
   }
 
   #tombstone(topic: string, id: string): void {

@@ -87,9 +87,15 @@ export interface RouterOptions {
   seen?: SeenStore;
   /** Feed messages allowed to wait; more are dropped (counted as failed). Default 10 000. */
   maxPending?: number;
+  /**
+   * Bytes of feed messages allowed to wait (one message is always taken when
+   * none waits); more are dropped (counted as failed). Default 64 MiB.
+   */
+  maxPendingBytes?: number;
 }
 
 export const DEFAULT_MAX_PENDING = 10_000;
+export const DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024;
 
 export function createRouter<Proof>(adapter: Adapter<Proof>, options: RouterOptions, host: RouterHost): Router {
   const { name } = adapter;
@@ -186,7 +192,7 @@ export function createRouter<Proof>(adapter: Adapter<Proof>, options: RouterOpti
     }
   }
 
-  const queue = new SerialQueue(options.maxPending);
+  const queue = new SerialQueue(options.maxPending, options.maxPendingBytes);
   return { name, topic: adapter.feed, ...serialHandler(name, host, route, queue) };
 }
 
@@ -197,24 +203,39 @@ function idempotencyKey(provider: string, claim: string): string {
 
 /**
  * Runs async jobs strictly one after another, in submission order, with at
- * most `max` waiting: an unsafe feed can be flooded, and a router must not
- * turn that into unbounded memory.
+ * most `max` jobs and `maxBytes` of their messages waiting: an unsafe feed
+ * can be flooded faster than signatures can be checked (30 forged 18 MiB
+ * envelopes arrive faster than one core verifies them), and a router must not
+ * turn that into unbounded memory. A job is always taken when none waits, so
+ * any single message fits.
  */
 export class SerialQueue {
   readonly max: number;
+  readonly maxBytes: number;
   #tail: Promise<void> = Promise.resolve();
   #pending = 0;
+  #pendingBytes = 0;
 
-  constructor(max = DEFAULT_MAX_PENDING) {
+  constructor(max = DEFAULT_MAX_PENDING, maxBytes = DEFAULT_MAX_PENDING_BYTES) {
     this.max = max;
+    this.maxBytes = maxBytes;
   }
 
-  /** Resolves when `job` is done; undefined (job not run) when the queue is full. */
-  run(job: () => Promise<void>): Promise<void> | undefined {
-    if (this.#pending >= this.max) return undefined;
+  /** Why a job of `bytes` would not be taken now, or undefined if it would be. */
+  refusal(bytes: number): string | undefined {
+    if (this.#pending >= this.max) return `more than ${this.max} messages waiting`;
+    if (this.#pending > 0 && this.#pendingBytes + bytes > this.maxBytes) return `more than ${(this.maxBytes / 1024 / 1024).toFixed(0)} MiB of messages waiting`;
+    return undefined;
+  }
+
+  /** Resolves when `job` is done; undefined (job not run) when the queue is full (see refusal()). */
+  run(job: () => Promise<void>, bytes = 0): Promise<void> | undefined {
+    if (this.refusal(bytes) !== undefined) return undefined;
     this.#pending++;
+    this.#pendingBytes += bytes;
     const done = () => {
       this.#pending--;
+      this.#pendingBytes -= bytes;
     };
     // Jobs catch their own errors; the catch keeps a stray rejection from wedging the chain.
     this.#tail = this.#tail.then(job).catch(() => undefined).finally(done);
@@ -235,20 +256,22 @@ export class SerialQueue {
 function serialHandler(name: string, host: RouterHost, route: (message: Message) => Promise<void>, queue: SerialQueue): Pick<Router, 'handle' | 'idle'> {
   return {
     handle(message: Message): Promise<void> {
-      const done = queue.run(async () => {
-        try {
-          await route(message);
-        } catch (err) {
-          // Only a failing SeenStore can get here.
-          host.log.error({ router: name, messageId: message.id, err: errorText(err) }, `${name} router failed on a message`);
-        }
-      });
+      const size = message.body.length;
+      const refusal = queue.refusal(size);
+      const done =
+        refusal === undefined
+          ? queue.run(async () => {
+              try {
+                await route(message);
+              } catch (err) {
+                // Only a failing SeenStore can get here.
+                host.log.error({ router: name, messageId: message.id, err: errorText(err) }, `${name} router failed on a message`);
+              }
+            }, size)
+          : undefined;
       if (done !== undefined) return done;
       host.count('failed', name);
-      host.log.warn(
-        { router: name, feed: message.topic, messageId: message.id, reason: `more than ${queue.max} messages waiting` },
-        `${name} delivery dropped`,
-      );
+      host.log.warn({ router: name, feed: message.topic, messageId: message.id, reason: refusal }, `${name} delivery dropped`);
       return Promise.resolve();
     },
     idle: () => queue.idle(),
