@@ -4,6 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { registerClientCommands } from './client.js';
+import { registerRouteGithub } from './route-github.js';
 import { ConfigError, resolveKeys, resolveServeConfig, type ServeOptions } from '../server/config.js';
 import { createLogger } from '../server/log.js';
 import { startServer } from '../server/server.js';
@@ -103,6 +104,7 @@ export function buildProgram(): Command {
     });
 
   registerClientCommands(program);
+  registerRouteGithub(program);
 
   return program;
 }
