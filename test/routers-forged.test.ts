@@ -3,9 +3,20 @@
  * must cost the server one HMAC pass over their bytes and nothing that holds
  * the event loop or grows memory with their size. A real `hookbot serve
  * --router github` child process gets 30 forged 18 MiB deliveries over three
- * connections while a separate prober process measures /status; the server's
- * peak RSS comes from /proc. A correctly signed delivery of the same size
- * still routes afterwards.
+ * connections from an attacker process, while a prober process times
+ * /status; the server's peak RSS comes from /proc (VmHWM). Then a correctly
+ * signed delivery of the same size must still route.
+ *
+ * Two rounds, because they measure different things. Latency: each
+ * connection leaves a pause between its forgeries, so what /status waits for
+ * is whatever a forgery makes the event loop do in one go (before verify
+ * first: JSON.parse of 24 MB and more, 0.5-1.5 s per forgery). Sent back to
+ * back instead, 540 MB of uploads keep the server's one thread busy with the
+ * publish path itself (receiving, building envelopes), so on a shared 2-core
+ * machine /status then measures the CPU scheduler: the same flood against a
+ * server without any router exceeds 300 ms beside the browser test. That
+ * round, at full speed, is for memory: the forgeries arrive faster than they
+ * can be checked, and RSS must stay bounded anyway.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHmac } from 'node:crypto';
@@ -18,6 +29,8 @@ import { Inbox, bearer, eventually, startServeProcess, wsConnect, type Proc } fr
 const SECRET = 'org webhook secret';
 const FORGED = 30;
 const CONNECTIONS = 3;
+/** Between one connection's forgeries in the latency round. */
+const PAUSE_MS = 500;
 const MiB = 1024 * 1024;
 
 // A push payload of about `size` bytes that is expensive to parse: many small objects.
@@ -70,21 +83,34 @@ process.stdin.on('end', () => { stop = true; }).resume();
 `;
 
 // The attacker, in its own process at a lower priority: a real attacker's CPU
-// is not this machine's, and on a 2-core box the scheduler must not take the
-// server's time to generate the attack. It still sends as fast as it can.
-// Prints the status codes when every forgery has been answered.
+// is not this machine's, and the scheduler must not take the server's time to
+// generate the attack. Each connection sends its share one after another,
+// `pause` ms apart (0: back to back). Prints the status codes at the end.
 const ATTACKER = `
 const http = require('node:http');
 const { createHmac } = require('node:crypto');
 ${BIG_PUSH}
-const [url, count, connections, size, secret] = process.argv.slice(1);
+const [url, count, connections, size, secret, pause, prefix] = process.argv.slice(1);
 const body = bigPush(Number(size), 'f'.repeat(40));
 const signature = 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
 const agent = new http.Agent({ keepAlive: true, maxSockets: Number(connections) });
-Promise.all(Array.from({ length: Number(count) }, (_, i) => new Promise((resolve, reject) => {
-  const headers = { 'content-type': 'application/json', 'content-length': body.length, 'x-github-event': 'push', 'x-github-delivery': 'forged-' + i, 'x-hub-signature-256': signature };
+const post = (i) => new Promise((resolve, reject) => {
+  const headers = { 'content-type': 'application/json', 'content-length': body.length, 'x-github-event': 'push', 'x-github-delivery': prefix + i, 'x-hub-signature-256': signature };
   http.request(url, { method: 'POST', agent, headers }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); }).on('error', reject).end(body);
-}))).then((codes) => { process.stdout.write(JSON.stringify(codes) + '\\n'); agent.destroy(); }, (e) => { console.error(e.message); process.exit(1); });
+});
+const codes = [];
+let next = 0;
+const connection = async () => {
+  while (next < Number(count)) {
+    const i = next++;
+    codes[i] = await post(i);
+    if (Number(pause) > 0) await new Promise((r) => setTimeout(r, Number(pause)));
+  }
+};
+Promise.all(Array.from({ length: Number(connections) }, connection)).then(
+  () => { process.stdout.write(JSON.stringify(codes) + '\\n'); agent.destroy(); },
+  (e) => { console.error(e.message); process.exit(1); },
+);
 `;
 
 function run(script: string, args: string[], stdin: 'pipe' | 'ignore'): { child: ChildProcess; output: Promise<string> } {
@@ -106,48 +132,53 @@ afterAll(async () => {
   await server?.exit;
 });
 
+/** The server's count of deliveries its router refused. */
+async function refused(): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(/^hookbot_router_verifications_total\{router="github",result="failed"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+}
+
+/** One round of the attack; resolves with the worst /status latency seen while it ran and every forgery was refused. */
+async function attack(pauseMs: number, prefix: string): Promise<{ worst: number; count: number }> {
+  const before = await refused();
+  const url = `${server.url}/unsafe/pub/github.com/org/acme?extra-metadata=github`;
+  const prober = run(PROBER, [server.url], 'pipe');
+  const attacker = run(ATTACKER, [url, String(FORGED), String(CONNECTIONS), String(18 * MiB), 'not the secret', String(pauseMs), prefix], 'ignore');
+  setPriority(attacker.child.pid!, 10);
+  expect(JSON.parse(await attacker.output)).toEqual(Array(FORGED).fill(200));
+  // Refused by signature, or (arriving faster than they are checked) by the router's queue bound.
+  await eventually(async () => (await refused()) - before >= FORGED, 60_000, 'every forgery to be refused');
+  expect((await refused()) - before).toBe(FORGED);
+  prober.child.stdin!.end();
+  return JSON.parse(await prober.output) as { worst: number; count: number };
+}
+
 describe('forged router envelopes', () => {
-  it(
-    `${FORGED} forged 18 MiB deliveries leave /status under 300 ms and the server under 700 MB; a signed one still routes`,
-    async () => {
-      const url = `${server.url}/unsafe/pub/github.com/org/acme?extra-metadata=github`;
-      const inbox = new Inbox(await wsConnect(`ws://127.0.0.1:${server.port}/sub/github.com/repo/org/acme/branch/main`, { headers: bearer('/sub/github.com/repo/org/acme/branch/main') }));
+  it(`${FORGED} forged 18 MiB deliveries over ${CONNECTIONS} connections leave /status answering within 300 ms`, async () => {
+    const { worst, count } = await attack(PAUSE_MS, 'paced-');
+    console.log(`forged envelopes, paced: worst /status ${worst.toFixed(1)} ms over ${count} probes, server peak RSS ${peakRssMiB(server.child.pid!).toFixed(0)} MiB`);
+    expect(count).toBeGreaterThan(10);
+    expect(worst).toBeLessThan(300);
+  }, 120_000);
 
-      const prober = run(PROBER, [server.url], 'pipe');
-      const attacker = run(ATTACKER, [url, String(FORGED), String(CONNECTIONS), String(18 * MiB), 'not the secret'], 'ignore');
-      setPriority(attacker.child.pid!, 10);
-      expect(JSON.parse(await attacker.output)).toEqual(Array(FORGED).fill(200));
+  it(`${FORGED} more, back to back, keep the server under 700 MB, and a signed one still routes`, async () => {
+    const inbox = new Inbox(await wsConnect(`ws://127.0.0.1:${server.port}/sub/github.com/repo/org/acme/branch/main`, { headers: bearer('/sub/github.com/repo/org/acme/branch/main') }));
+    const { worst, count } = await attack(0, 'flood-');
+    const peak = peakRssMiB(server.child.pid!);
+    console.log(`forged envelopes, back to back: worst /status ${worst.toFixed(1)} ms over ${count} probes, server peak RSS ${peak.toFixed(0)} MiB`);
+    expect(peak).toBeLessThan(700);
 
-      // The forgeries were all looked at (and refused) before the signed delivery is sent.
-      const failed = async () => {
-        const text = await (await fetch(`${server.url}/metrics`)).text();
-        return Number(/^hookbot_router_verifications_total\{router="github",result="failed"\} (\d+)$/m.exec(text)?.[1] ?? 0);
-      };
-      await eventually(async () => (await failed()) >= FORGED, 60_000, 'every forgery to be refused');
-      expect(await failed()).toBe(FORGED);
-
-      prober.child.stdin!.end();
-      const probed = await prober.output;
-      const { worst, count } = JSON.parse(probed) as { worst: number; count: number };
-      const peak = peakRssMiB(server.child.pid!);
-      console.log(`forged envelopes: worst /status ${worst.toFixed(1)} ms over ${count} probes, server peak RSS ${peak.toFixed(0)} MiB`);
-      expect(count).toBeGreaterThan(10);
-      expect(worst).toBeLessThan(300);
-      expect(peak).toBeLessThan(700);
-
-      const agent = new http.Agent({ keepAlive: true });
-      const genuine = bigPush(18 * MiB, 'a'.repeat(40));
-      const status = await post(agent, url, genuine, {
-        'content-type': 'application/json',
-        'x-github-event': 'push',
-        'x-github-delivery': 'genuine-1',
-        'x-hub-signature-256': sign(genuine, SECRET),
-      });
-      expect(status).toBe(200);
-      const [m] = await inbox.waitFor(1, 30_000);
-      expect(JSON.parse(m.data.toString())).toEqual({ Branch: 'main', Repo: 'org/acme', SHA: 'a'.repeat(40), Type: 'push', Who: 'p' });
-      agent.destroy();
-    },
-    180_000,
-  );
+    const agent = new http.Agent({ keepAlive: true });
+    const genuine = bigPush(18 * MiB, 'a'.repeat(40));
+    const status = await post(agent, `${server.url}/unsafe/pub/github.com/org/acme?extra-metadata=github`, genuine, {
+      'content-type': 'application/json',
+      'x-github-event': 'push',
+      'x-github-delivery': 'genuine-1',
+      'x-hub-signature-256': sign(genuine, SECRET),
+    });
+    expect(status).toBe(200);
+    const [m] = await inbox.waitFor(1, 30_000);
+    expect(JSON.parse(m.data.toString())).toEqual({ Branch: 'main', Repo: 'org/acme', SHA: 'a'.repeat(40), Type: 'push', Who: 'p' });
+    agent.destroy();
+  }, 120_000);
 });

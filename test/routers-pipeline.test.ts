@@ -18,7 +18,7 @@ function located(body: string | Buffer) {
   const buf = Buffer.isBuffer(body) ? body : Buffer.from(body);
   const env = locateEnvelope(buf);
   if (!env) return undefined;
-  const payload = env.payload === undefined || env.payload === 'escaped' ? env.payload : buf.toString('latin1', env.payload.start, env.payload.end);
+  const payload = env.payload === undefined ? undefined : buf.toString('latin1', env.payload.start, env.payload.end);
   return { fields: Object.fromEntries(env.fields), payload };
 }
 
@@ -55,12 +55,28 @@ describe('locateEnvelope', () => {
     }
   });
 
-  it('says when a Payload holds a JSON escape (base64 never needs one)', () => {
-    expect(located('{"Payload":"QQ\\u003d\\u003d"}')?.payload).toBe('escaped');
+  it('leaves a Payload holding a JSON escape to fail as base64 (base64 never needs one)', () => {
+    const body = Buffer.from('{"Payload":"QUJ\\u0044","Event":"e"}');
+    const env = locateEnvelope(body)!;
+    expect(env.fields.get('Event')).toBe('e');
+    expect(Payload.base64(body, env.payload!.start, env.payload!.end).bytes()).toBeUndefined();
+  });
+
+  it('reads the fields after a large Payload from the end, without scanning the Payload', () => {
+    const payload = randomBytes(3 * 1024 * 1024);
+    const env = githubEnvelope({ 'x-github-event': 'push', 'x-hub-signature': 'sha1=ab', 'x-hub-signature-256': 'sha256=\u00e9"' }, payload);
+    const found = locateEnvelope(env)!;
+    expect(Object.fromEntries(found.fields)).toEqual({ Delivery: '', Event: 'push', Signature: 'sha1=ab', Signature256: 'sha256=\u00e9"' });
+    expect(Payload.base64(env, found.payload!.start, found.payload!.end).bytes()?.equals(payload)).toBe(true);
+    // A field after the Payload longer than any header: taken for part of the Payload, which then is not base64.
+    const junk = Buffer.from(`{"Payload":"${'A'.repeat(100_000)}","x":"${'B'.repeat(70_000)}"}`);
+    const odd = locateEnvelope(junk)!;
+    expect(Payload.base64(junk, odd.payload!.start, odd.payload!.end).bytes()).toBeUndefined();
+    expect(locateEnvelope(Buffer.from(`{"Payload":"A"${' '.repeat(70_000)}}`))).toBeUndefined();
   });
 
   it('is not fooled by anything but a flat object of strings', () => {
-    for (const text of ['', '[]', '"x"', '{', '{"a":1}', '{"a":"b"', '{"a":"b"} x', '{"a":"b",}', '{"a":{"b":"c"}}', '{"a" "b"}', '{"a":"\\x"}', 'nope']) {
+    for (const text of ['', '[]', '"x"', '{', '{"a":1}', '{"a":"b"', '{"a":"b"} x', '{"a":"b",}', '{"a":{"b":"c"}}', '{"a" "b"}', '{"a":"\\x"}', 'nope', '{"Payload":"}', '{"Payload":"A","x":1}', '{"Payload":"A",,"x":"y"}', '{"Payload":"A","Payload":"B"}', '{"Payload":"A" "x":"y"}']) {
       expect(locateEnvelope(Buffer.from(text))).toBeUndefined();
     }
     expect(looksLikeObject(Buffer.from(' \n{"ref":1}'))).toBe(true);
@@ -102,6 +118,16 @@ describe('Payload', () => {
     expect(p.bytes()?.equals(body)).toBe(true);
     const raw = await hmacHex('sha1', ['k'], Payload.raw(body));
     expect(raw).toEqual([createHmac('sha1', 'k').update(body).digest('hex')]);
+  });
+
+  it('finds URL-safe characters and inner padding while streaming', async () => {
+    for (const bad of [0x2d, 0x5f, 0x3d]) {
+      const text = Buffer.from('QUJD'.repeat(600_000));
+      text[1_500_000] = bad; // in the second chunk
+      const p = Payload.base64(text, 0, text.length);
+      await expect(hmacHex('sha256', ['k'], p)).rejects.toThrow(PayloadError);
+      expect(p.bytes()).toBeUndefined();
+    }
   });
 
   it('finds invalid base64 while streaming, in any chunk', async () => {

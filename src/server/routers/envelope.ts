@@ -4,12 +4,12 @@
  * of the webhook body. The github form is byte-identical to the original's Go
  * `json.Marshal(map[string]interface{}{...})`: keys sorted, `<>&` escaped.
  *
- * Both directions are linear and do no per-byte JavaScript work on the
- * payload, which is most of an envelope's bytes (up to --max-body and
- * attacker-chosen on an unsafe feed): building writes the base64 straight
- * into the output buffer; locating finds the Payload string with native
- * `indexOf` and leaves it encoded, so nothing is decoded or parsed before a
- * router has checked the delivery's signature.
+ * Neither direction does per-byte JavaScript work on the payload, which is
+ * most of an envelope's bytes (up to --max-body, and attacker-chosen on an
+ * unsafe feed): building writes the base64 straight into the output buffer;
+ * locating reads the small fields from both ends and leaves the Payload
+ * where it is, unscanned and encoded, so nothing is decoded or parsed before
+ * a router has checked the delivery's signature.
  */
 import { goString } from './router.js';
 
@@ -58,13 +58,18 @@ export interface LocatedEnvelope {
   /** Every field but Payload, decoded (duplicate keys: the last wins, as JSON.parse). */
   fields: ReadonlyMap<string, string>;
   /**
-   * Where the Payload string's contents lie in the body, or 'escaped' when
-   * it holds a JSON escape (which base64 never needs); undefined without one.
+   * Where the Payload string's contents lie in the body; undefined without
+   * one. Not checked here: Payload.base64 rejects anything in it that is not
+   * base64 (a quote, a backslash) while decoding, chunk by chunk.
    */
-  payload?: { start: number; end: number } | 'escaped';
+  payload?: { start: number; end: number };
 }
 
-/** Longest key or non-Payload field an envelope may have: they come from request headers, which node bounds at 16 KiB. */
+/**
+ * Longest key or non-Payload field an envelope may have: they come from
+ * request headers, which node bounds at 16 KiB. Also bounds every scan made
+ * here, so locating costs O(fields) whatever the body's size.
+ */
 const MAX_FIELD = 64 * 1024;
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
@@ -72,42 +77,70 @@ const BACKSLASH = 0x5c;
 /**
  * Locates the envelope in `body` if it is one: a JSON object whose values are
  * all strings. Returns undefined for anything else (a raw webhook payload, an
- * array, invalid JSON). Costs O(body) in native scans plus O(fields) of
- * JavaScript; the Payload string is neither copied nor decoded.
+ * array, invalid JSON). The small fields before the Payload are read from the
+ * start and those after it from the end, so the Payload, which is most of the
+ * bytes, is not even scanned: each step looks at most MAX_FIELD bytes ahead.
  */
 export function locateEnvelope(body: Buffer): LocatedEnvelope | undefined {
   const fields = new Map<string, string>();
-  let payload: LocatedEnvelope['payload'];
   let i = skipSpace(body, 0);
   if (body[i] !== 0x7b) return undefined;
   i = skipSpace(body, i + 1);
   if (body[i] === 0x7d) return skipSpace(body, i + 1) === body.length ? { fields } : undefined;
   for (;;) {
-    const key = readString(body, i);
-    if (key === undefined || key.end - i > MAX_FIELD) return undefined;
-    const name = decodeString(body, i, key.end);
+    const name = readString(body, i);
     if (name === undefined) return undefined;
-    i = skipSpace(body, key.end + 1);
+    i = skipSpace(body, name.end + 1);
     if (body[i] !== 0x3a) return undefined;
     i = skipSpace(body, i + 1);
+    if (name.value === PAYLOAD_FIELD) return locateTail(body, i, fields);
     const value = readString(body, i);
     if (value === undefined) return undefined;
-    if (name === PAYLOAD_FIELD) {
-      payload = value.escaped ? 'escaped' : { start: i + 1, end: value.end };
-    } else {
-      if (value.end - i > MAX_FIELD) return undefined;
-      const text = decodeString(body, i, value.end);
-      if (text === undefined) return undefined;
-      fields.set(name, text);
-    }
+    fields.set(name.value, value.value);
     i = skipSpace(body, value.end + 1);
     if (body[i] === 0x2c) {
       i = skipSpace(body, i + 1);
       continue;
     }
     if (body[i] !== 0x7d) return undefined;
-    return skipSpace(body, i + 1) === body.length ? { fields, ...(payload !== undefined ? { payload } : {}) } : undefined;
+    return skipSpace(body, i + 1) === body.length ? { fields } : undefined;
   }
+}
+
+/**
+ * The rest of an envelope whose Payload value opens at `open`: the fields
+ * after it, read backwards from the closing brace, until the pair whose value
+ * is the Payload's.
+ */
+function locateTail(body: Buffer, open: number, fields: Map<string, string>): LocatedEnvelope | undefined {
+  if (body[open] !== QUOTE) return undefined;
+  const tail: Array<[string, string]> = [];
+  let j = skipSpaceBack(body, body.length - 1);
+  if (body[j] !== 0x7d) return undefined;
+  j = skipSpaceBack(body, j - 1);
+  for (;;) {
+    if (j <= open || body[j] !== QUOTE) return undefined;
+    const valueOpen = openingQuote(body, j);
+    // Not within MAX_FIELD, or the opening quote itself: this is the Payload's value.
+    if (valueOpen === undefined || valueOpen <= open) break;
+    let k = skipSpaceBack(body, valueOpen - 1);
+    if (body[k] !== 0x3a) return undefined;
+    k = skipSpaceBack(body, k - 1);
+    const keyOpen = body[k] === QUOTE ? openingQuote(body, k) : undefined;
+    if (keyOpen === undefined || keyOpen <= open) return undefined;
+    const name = decodeString(body, keyOpen, k);
+    const value = decodeString(body, valueOpen, j);
+    if (name === undefined || value === undefined) return undefined;
+    // A second Payload: not an envelope hookbot (or the original) would write.
+    if (name === PAYLOAD_FIELD) return undefined;
+    tail.push([name, value]);
+    j = skipSpaceBack(body, keyOpen - 1);
+    if (body[j] !== 0x2c) return undefined;
+    j = skipSpaceBack(body, j - 1);
+  }
+  // Applied in document order, so that (as with JSON.parse) a later duplicate wins.
+  for (let t = tail.length - 1; t >= 0; t--) fields.set(tail[t][0], tail[t][1]);
+  return { fields, payload: { start: open + 1, end: j } };
 }
 
 /** Whether `body` starts (after JSON white space) with `{`: the shape of a raw webhook payload. */
@@ -115,33 +148,58 @@ export function looksLikeObject(body: Buffer): boolean {
   return body[skipSpace(body, 0)] === 0x7b;
 }
 
+function isSpace(c: number | undefined): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
+}
+
+// White space runs are bounded too: past MAX_FIELD of it the body is no envelope.
 function skipSpace(body: Buffer, i: number): number {
-  while (i < body.length) {
-    const c = body[i];
-    if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) break;
-    i++;
-  }
+  const limit = Math.min(body.length, i + MAX_FIELD);
+  while (i < limit && isSpace(body[i])) i++;
   return i;
 }
 
-/**
- * The closing quote of the JSON string opening at `open`, found with native
- * scans; `escaped` when the string holds a backslash. Each quote is looked at
- * once and each backslash run before it counted once, so this is linear.
- */
-function readString(body: Buffer, open: number): { end: number; escaped: boolean } | undefined {
+function skipSpaceBack(body: Buffer, i: number): number {
+  const limit = Math.max(-1, i - MAX_FIELD);
+  while (i > limit && isSpace(body[i])) i--;
+  return i;
+}
+
+/** Whether the quote at `q` ends (or starts) a string: an even number of backslashes precede it. */
+function unescaped(body: Buffer, q: number, from: number): boolean {
+  let k = q - 1;
+  while (k >= from && body[k] === BACKSLASH) k--;
+  return (q - 1 - k) % 2 === 0;
+}
+
+/** The JSON string opening at `open`, decoded, and its closing quote; undefined past MAX_FIELD. */
+function readString(body: Buffer, open: number): { value: string; end: number } | undefined {
   if (body[open] !== QUOTE) return undefined;
-  const from = open + 1;
-  let firstQuote = body.indexOf(QUOTE, from);
-  if (firstQuote === -1) return undefined;
-  const slash = body.indexOf(BACKSLASH, from);
-  if (slash === -1 || slash > firstQuote) return { end: firstQuote, escaped: false };
-  for (;;) {
-    let k = firstQuote - 1;
-    while (k >= from && body[k] === BACKSLASH) k--;
-    if ((firstQuote - 1 - k) % 2 === 0) return { end: firstQuote, escaped: true };
-    firstQuote = body.indexOf(QUOTE, firstQuote + 1);
-    if (firstQuote === -1) return undefined;
+  // A view, so that a string with no end in sight costs MAX_FIELD, not the body.
+  const window = body.subarray(open, open + 1 + MAX_FIELD);
+  for (let q = 0; ; ) {
+    q = window.indexOf(QUOTE, q + 1);
+    if (q === -1) return undefined;
+    if (unescaped(body, open + q, open + 1)) {
+      const value = decodeString(body, open, open + q);
+      return value === undefined ? undefined : { value, end: open + q };
+    }
+  }
+}
+
+/**
+ * The opening quote of the JSON string whose closing quote is at `close`:
+ * the nearest quote before it that no backslash escapes (inside a string
+ * every quote is escaped). Undefined if there is none within MAX_FIELD.
+ */
+function openingQuote(body: Buffer, close: number): number | undefined {
+  const limit = Math.max(0, close - 1 - MAX_FIELD);
+  // A view: Buffer#lastIndexOf would otherwise scan back to the start of the body.
+  const window = body.subarray(limit, close);
+  for (let q = window.length; ; ) {
+    q = q === 0 ? -1 : window.lastIndexOf(QUOTE, q - 1);
+    if (q === -1) return undefined;
+    if (unescaped(body, limit + q, limit)) return limit + q;
   }
 }
 

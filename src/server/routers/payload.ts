@@ -56,17 +56,13 @@ export class Payload {
   }
 
   /**
-   * False when the payload certainly is not standard base64, decided with
-   * native scans only: a length that is not a multiple of 4, URL-safe
-   * characters, or `=` before the end. Other stray characters are caught
-   * while decoding (node skips them, so a chunk comes out short).
+   * False when the payload certainly is not standard base64, decided without
+   * reading it: a length that is not a multiple of 4. Everything else (a
+   * stray character, URL-safe characters, `=` before the end) is found while
+   * decoding, one chunk at a time.
    */
   precheck(): boolean {
-    if (!this.#base64) return true;
-    const s = this.#source;
-    if (s.length % 4 !== 0 || s.includes(0x2d) || s.includes(0x5f)) return false;
-    const eq = s.indexOf(0x3d);
-    return eq === -1 || eq >= s.length - 2;
+    return !this.#base64 || this.#source.length % 4 === 0;
   }
 
   /**
@@ -111,15 +107,18 @@ export class Payload {
 }
 
 /**
- * Decodes base64 `text[start, end)` (a multiple of 4 characters; `=` only at
- * the very end of the whole text) into `into`; the byte count, or undefined
- * when a character was not base64 (node's decoder skips those, so fewer
- * bytes come out than the length promises).
+ * Decodes base64 `text[start, end)` (a multiple of 4 characters) into
+ * `into`: the byte count, or undefined when it is not standard base64.
+ * Node's decoder skips characters that are not base64 (and stops at `=`), so
+ * fewer bytes than the length promises means a stray character; it also
+ * takes the URL-safe `-` and `_`, which standard base64 (Go's) does not.
  */
 function decodeInto(text: Buffer, start: number, end: number, into: Buffer): number | undefined {
+  const chunk = text.subarray(start, end);
+  if (chunk.includes(0x2d) || chunk.includes(0x5f)) return undefined;
   const pad = end === text.length ? (text[end - 1] === 0x3d ? (text[end - 2] === 0x3d ? 2 : 1) : 0) : 0;
   const expected = ((end - start) / 4) * 3 - pad;
-  const written = into.write(text.toString('latin1', start, end), 0, expected, 'base64');
+  const written = into.write(chunk.toString('latin1'), 0, expected, 'base64');
   return written === expected ? written : undefined;
 }
 

@@ -116,7 +116,6 @@ export function createRouter<Proof>(adapter: Adapter<Proof>, options: RouterOpti
   function read(message: Message): Delivery<Proof> | string {
     const h = message.headers;
     const envelope = locateEnvelope(message.body);
-    if (envelope?.payload === 'escaped') return INVALID_BASE64;
     if (envelope?.payload !== undefined) {
       const { fields } = envelope;
       return {
