@@ -42,7 +42,8 @@ async function deliver(base: string, body: Buffer, o: { secret?: string; deliver
       'x-github-delivery': o.delivery ?? `delivery-${++seq}`,
       'x-hub-signature-256': `sha256=${createHmac('sha256', o.secret ?? SECRET).update(body).digest('hex')}`,
     },
-    body,
+    // The same bytes (the JSON is UTF-8); fetch's types take no Buffer.
+    body: body.toString('utf8'),
   });
   expect(res.status).toBe(200);
 }
