@@ -11,6 +11,7 @@ import { registerForward } from './forward.js';
 import { registerMakeTokens } from './make-tokens.js';
 import { addGlobalOptions } from './options.js';
 import { registerServe } from './serve.js';
+import { registerRouteGithub } from './route-github.js';
 import { registerSub } from './sub.js';
 
 /** This package's version (dist/cli/index.js → package.json). */
@@ -30,7 +31,7 @@ export function buildProgram(): Command {
 
   registerServe(program);
   registerMakeTokens(program);
-  // TODO(lead): register route-github here once its branch is merged: `registerRouteGithub(program);` (import from './route-github.js').
+  registerRouteGithub(program);
   registerSub(program);
   registerForward(program);
 

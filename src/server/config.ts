@@ -10,6 +10,7 @@ import type { Retention } from './backends/backend.js';
 import type { CatchUpWindow } from './backends/redis.js';
 import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
+import { ROUTERS } from './routers/registry.js';
 
 export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
 export type { Bind, ServeOptions, ServeValues } from './options.js';
@@ -79,11 +80,10 @@ function limits(v: ServeValues): LimitsConfig {
 
 /** A router that could not verify anything refuses to start. */
 function routers(v: ServeValues): Pick<Config, 'routers' | 'githubSecrets' | 'gitlabTokens' | 'dedupeWindowMs'> {
-  if (v.router.includes('github') && v.githubSecret.length === 0) {
-    throw new ConfigError('--router github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
-  }
-  if (v.router.includes('gitlab') && v.gitlabToken.length === 0) {
-    throw new ConfigError('--router gitlab needs the GitLab webhook secret token: set HOOKBOT_GITLAB_TOKEN or pass --gitlab-token (comma-separate several to rotate)');
+  for (const { name, secret } of ROUTERS) {
+    if (v.router.includes(name) && v[secret.option].length === 0) {
+      throw new ConfigError(`--router ${name} needs ${secret.what}: set ${secret.env} or pass ${secret.flag} (comma-separate several to rotate)`);
+    }
   }
   return { routers: v.router, githubSecrets: v.githubSecret, gitlabTokens: v.gitlabToken, dedupeWindowMs: v.dedupeWindow };
 }

@@ -12,7 +12,7 @@
 import { DEFAULT_RETENTION } from './backends/backend.js';
 import { checkRedisUrl, DEFAULT_CATCH_UP } from './backends/redis.js';
 import { exemptList, LIMIT_DEFAULTS } from './ops/limits.js';
-import { ROUTER_NAMES } from './routers/index.js';
+import { ROUTER_NAMES } from './routers/registry.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -156,7 +156,7 @@ export const SERVE_OPTIONS = {
     flags: '--key <key>',
     env: 'HOOKBOT_KEY',
     global: true,
-    help: 'HMAC key for tokens; required',
+    help: 'HMAC key for tokens; required (serve, make-tokens, route-github)',
     parse: text,
   },
   sslkey: {
@@ -327,7 +327,7 @@ export const SERVE_OPTIONS = {
     env: 'HOOKBOT_GITHUB_SECRET',
     global: true,
     defaultText: 'none',
-    help: 'GitHub webhook secret(s) that delivery signatures are verified with (serve --router github), comma-separated to rotate',
+    help: 'GitHub webhook secret(s) that delivery signatures are verified with (serve --router github, route-github), comma-separated to rotate',
     parse: words,
   },
   gitlabToken: {
