@@ -31,10 +31,15 @@ async function makeBackend(
 }
 
 // Each backend gets its own key namespace, so history starts empty without flushing.
-backendContract('redis', async (retention) => {
-  const backend = await makeBackend(retention);
-  return { backend, cleanup: () => backend.close() };
-});
+// idempotency: false until RedisBackend implements PublishOptions.idempotencyKey (its tests show as skipped).
+backendContract(
+  'redis',
+  async (retention) => {
+    const backend = await makeBackend(retention);
+    return { backend, cleanup: () => backend.close() };
+  },
+  { idempotency: false },
+);
 
 describe('RedisBackend', () => {
   const open: RedisBackend[] = [];

@@ -69,11 +69,25 @@ export interface Backend {
   history(topic: string, since?: string, limit?: number): Promise<HistoryResult>;
   /** Topics that have history, with message counts (for the inspector). */
   historyTopics(): Promise<Array<{ topic: string; messages: number; bytes: number }>>;
+  /**
+   * A store for the routers' delivery ids kept by the backend itself (the
+   * durable store keeps them in its file, so a redelivery after a restart is
+   * still recognised); without it the routers remember ids in memory.
+   */
+  seenStore?(windowMs: number): ClaimStore;
   /** Whether publishes can be accepted right now. */
   ready(): boolean;
   /** Called with true/false when readiness changes (Redis up/down). */
   onReadyChange?(listener: (ready: boolean) => void): void;
   close(): Promise<void>;
+}
+
+/** What a router needs to remember delivery ids (structurally the routers' SeenStore). */
+export interface ClaimStore {
+  /** True if `key` was already claimed within the window; otherwise claims it and returns false. */
+  claim(key: string): boolean | Promise<boolean>;
+  /** Forgets a claim, so a delivery whose publish failed can be retried. */
+  release(key: string): void | Promise<void>;
 }
 
 export class BackendUnavailableError extends Error {
