@@ -5,6 +5,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { storedSize } from '../src/server/backends/backend.js';
 import { compareIds } from '../src/protocol/message.js';
 import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, wsUrl } from './helpers.js';
@@ -251,10 +252,12 @@ describe('retention and gaps', () => {
     expect(raw.inbox.texts()).toEqual(['m3', 'm4', 'm5']);
   });
 
-  it('bytes: per-topic body bytes stay within --history-bytes', async () => {
-    const srv = await server({ historyBytes: '10' });
+  it('bytes: per-topic stored bytes (topic, kept headers, body) stay within --history-bytes', async () => {
+    const headers = { 'content-type': 'text/plain', 'user-agent': 'hookbot-test' };
+    // Room for two messages of the topic, not three.
+    const srv = await server({ historyBytes: String(2 * storedSize('h/bytes', headers, Buffer.from('abc0')) + 1) });
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) ids.push(await publishId(srv, '/pub/h/bytes', `abc${i}`));
+    for (let i = 0; i < 5; i++) ids.push(await publishId(srv, '/pub/h/bytes', `abc${i}`, headers));
     const h = await srv.broker.history('h/bytes');
     expect(h.messages.map((m) => m.body.toString())).toEqual(['abc3', 'abc4']);
     const v1 = await sub(srv, `/sub/h/bytes?since=${ids[0]}`, V1);
@@ -306,9 +309,12 @@ describe('retention and gaps', () => {
     for (let i = 0; i < 200; i++) ids.push(await publishId(srv, `/pub/h/many/t${i}`, body));
     const topics = await srv.broker.backend.historyTopics();
     const total = topics.reduce((n, t) => n + t.bytes, 0);
+    const messages = (await srv.broker.history('h/many/')).messages;
+    // Counted as stored: topic, kept headers and body, so the bound holds whatever they weigh.
+    expect(total).toBe(messages.reduce((n, m) => n + storedSize(m.topic, m.headers, m.body), 0));
     expect(total).toBeLessThanOrEqual(2048);
-    expect(total).toBeGreaterThan(2048 - 100);
-    const kept = (await srv.broker.history('h/many/')).messages.map((m) => m.id);
+    expect(total).toBeGreaterThan(2048 - storedSize(messages[0].topic, messages[0].headers, messages[0].body));
+    const kept = messages.map((m) => m.id);
     expect(kept).toEqual(ids.slice(ids.length - kept.length));
     // An evicted topic reports the gap to a resume.
     const v1 = await sub(srv, `/sub/h/many/t0?since=0`, V1);

@@ -4,7 +4,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryBackend } from '../src/server/backends/memory.js';
-import { DEFAULT_RETENTION } from '../src/server/backends/backend.js';
+import { DEFAULT_RETENTION, storedSize } from '../src/server/backends/backend.js';
 import { buildProgram } from '../src/cli/index.js';
 import { resolveServeConfig } from '../src/server/config.js';
 import { createLogger } from '../src/server/log.js';
@@ -101,7 +101,10 @@ describe('/metrics', () => {
     expect(text).not.toContain(token('/pub/another-topic-name'));
     const after = await scrape(server);
     expect(after.get('hookbot_history_messages')! - before.get('hookbot_history_messages')!).toBe(2);
-    expect(after.get('hookbot_history_bytes')! - before.get('hookbot_history_bytes')!).toBe(7);
+    // The default store counts what it keeps: topic, kept headers and body.
+    const kept = [...(await server.broker.history('/unsafe/very-private-channel-name')).messages, ...(await server.broker.history('another-topic-name')).messages];
+    expect(kept.map((m) => m.body.toString())).toEqual(['abc', 'defg']);
+    expect(after.get('hookbot_history_bytes')! - before.get('hookbot_history_bytes')!).toBe(kept.reduce((n, m) => n + storedSize(m.topic, m.headers, m.body), 0));
     expect(after.get('hookbot_history_topics')! - before.get('hookbot_history_topics')!).toBe(2);
   });
 
@@ -250,7 +253,7 @@ describe('key rotation', () => {
   let rotated: HookbotServer;
 
   beforeAll(async () => {
-    const config = resolveServeConfig({ bind: '127.0.0.1:0', key: CURRENT }, { HOOKBOT_PREVIOUS_KEYS: `${PREVIOUS}, older-key` });
+    const config = resolveServeConfig({ bind: '127.0.0.1:0', key: CURRENT, memory: true }, { HOOKBOT_PREVIOUS_KEYS: `${PREVIOUS}, older-key` });
     expect(config.keys).toEqual([CURRENT, PREVIOUS, 'older-key']);
     rotated = await startServer(config, createLogger('silent'));
   });

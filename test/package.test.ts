@@ -4,10 +4,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { makeToken, resolveServeConfig, startServer, subscribe } from 'hookbot';
+import { removeDir, tempDir } from './helpers.js';
 
 describe("import from 'hookbot'", () => {
   it('runs a server and a subscriber through the public API, resuming by id', async () => {
-    const server = await startServer(resolveServeConfig({ bind: '127.0.0.1:0', key: 'pkg-key', logLevel: 'silent' }, {}));
+    const dataDir = tempDir();
+    const server = await startServer(resolveServeConfig({ bind: '127.0.0.1:0', key: 'pkg-key', logLevel: 'silent', dataDir }, {}));
     try {
       const url = server.url.replace('http://', `ws://${makeToken('pkg-key', '/sub/pkg/')}@`) + '/sub/pkg/';
       const publish = (topic: string, body: string) =>
@@ -29,6 +31,7 @@ describe("import from 'hookbot'", () => {
       await sub.close();
     } finally {
       await server.close();
+      removeDir(dataDir);
     }
   });
 });

@@ -3,8 +3,10 @@
  * so an operator can fix a unit file without reading code.
  */
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { DEFAULT_RETENTION, type Retention } from './backends/backend.js';
 import { checkRedisUrl } from './backends/redis.js';
+import { FSYNC_MODES, type FsyncMode } from './backends/sqlite.js';
 import { exemptList, LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 
 export class ConfigError extends Error {
@@ -42,6 +44,12 @@ export interface Config extends LimitsConfig {
   retention: Retention;
   /** Cluster mode: history and fan-out in this Redis instead of in memory (never logged: it may hold a password). */
   redisUrl?: string;
+  /** The durable store's directory (absolute); undefined with --memory or --redis. */
+  dataDir?: string;
+  /** When the durable store fsyncs: 'normal' (default) or 'always' (before every 200). */
+  fsync?: FsyncMode;
+  /** Store options that --redis overrides, to be logged as a warning at startup. */
+  storeWarning?: string;
   /** In-server routers to run (`--router`), and what they verify deliveries with. */
   routers: string[];
   githubSecrets: string[];
@@ -121,6 +129,9 @@ export interface ServeOptions {
   historyAge?: string;
   historyTotalBytes?: string;
   redis?: string;
+  dataDir?: string;
+  memory?: boolean;
+  fsync?: string;
   router?: string[];
   githubSecret?: string[];
   gitlabToken?: string[];
@@ -158,6 +169,49 @@ export function resolveLimits(opts: ServeOptions, env: NodeJS.ProcessEnv): Pick<
     trustProxy,
     limitExempt,
   };
+}
+
+export const DEFAULT_DATA_DIR = './hookbot-data';
+
+function parseBoolean(value: string | undefined, name: string): boolean | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (/^(1|true|yes|on)$/i.test(value)) return true;
+  if (/^(0|false|no|off)$/i.test(value)) return false;
+  throw new ConfigError(`${name} must be 1 or 0 (true or false), got ${JSON.stringify(value)}`);
+}
+
+/**
+ * Where history lives: the durable store in --data-dir (the default), memory
+ * (--memory), or Redis, which takes precedence over both. A flag beats its
+ * environment variable; the two store choices at the same level contradict.
+ */
+export function resolveStore(opts: ServeOptions, env: NodeJS.ProcessEnv, redis: boolean): Pick<Config, 'dataDir' | 'fsync' | 'storeWarning'> {
+  const fsyncValue = opts.fsync ?? (env.HOOKBOT_FSYNC || undefined);
+  if (fsyncValue !== undefined && !(FSYNC_MODES as readonly string[]).includes(fsyncValue)) {
+    throw new ConfigError(`--fsync must be one of ${FSYNC_MODES.join(', ')}, got ${JSON.stringify(fsyncValue)}`);
+  }
+  const fsync = (fsyncValue ?? 'normal') as FsyncMode;
+  const memoryEnv = parseBoolean(env.HOOKBOT_MEMORY, 'HOOKBOT_MEMORY');
+  const dirEnv = env.HOOKBOT_DATA_DIR || undefined;
+  if (opts.dataDir === '') throw new ConfigError('--data-dir must not be empty');
+  if (opts.memory && opts.dataDir !== undefined) throw new ConfigError('--memory and --data-dir cannot be used together: --memory keeps nothing on disk');
+  if (!opts.memory && opts.dataDir === undefined && memoryEnv && dirEnv !== undefined) {
+    throw new ConfigError('HOOKBOT_MEMORY and HOOKBOT_DATA_DIR cannot be used together: HOOKBOT_MEMORY keeps nothing on disk');
+  }
+  const memory = opts.memory === true || (opts.dataDir === undefined && memoryEnv === true);
+  if (redis) {
+    const given = [
+      ...(opts.dataDir !== undefined || dirEnv !== undefined ? ['--data-dir'] : []),
+      ...(opts.memory || memoryEnv ? ['--memory'] : []),
+      ...(fsyncValue !== undefined ? ['--fsync'] : []),
+    ];
+    return given.length === 0 ? {} : { storeWarning: `--redis takes precedence: history is kept in Redis, and ${given.join(' and ')} ${given.length > 1 ? 'are' : 'is'} ignored` };
+  }
+  if (memory) {
+    if (fsync === 'always') throw new ConfigError('--fsync always needs the durable store; it has no effect with --memory');
+    return {};
+  }
+  return { dataDir: resolvePath(opts.dataDir ?? dirEnv ?? DEFAULT_DATA_DIR), fsync };
 }
 
 export const ROUTERS = ['github', 'gitlab'];
@@ -248,6 +302,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     keepHeaders,
     retention,
     ...(redisUrl !== undefined ? { redisUrl } : {}),
+    ...resolveStore(opts, env, redisUrl !== undefined),
     ...resolveRouters(opts, env),
     ...resolveLimits(opts, env),
     ...(metricsToken ? { metricsToken } : {}),

@@ -73,6 +73,7 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
       });
     });
   }
+  seen ??= broker.backend.seenStore?.(config.dedupeWindowMs);
   for (const name of names) {
     if (name === 'github') {
       routers.push(createGithubRouter({ secrets: config.githubSecrets, dedupeWindowMs: config.dedupeWindowMs, seen }, host));
