@@ -11,7 +11,9 @@
  * done in libuv's thread pool; commits made while one runs share the next.
  * The event loop never waits on an fsync: the main connection writes with
  * synchronous=OFF (its commits are write()s to the OS), and checkpoints run in
- * a worker thread (sqlite-checkpointer.ts).
+ * a worker thread (sqlite-checkpointer.ts). Once the log outgrows its bound,
+ * commits are held back (queued, never blocking the loop) while the worker
+ * empties it, so the directory stays bounded under sustained publishing.
  *
  * An id `<ms>-<seq>` is stored as the integer k = (ms - EPOCH) * 4096 + seq,
  * the messages' rowid, so id order is key order and every range query is an
@@ -100,13 +102,21 @@ function prefixRange(prefix: string): [string, string] {
 const TOMBSTONES = 100_000;
 /** How often expired idempotency keys and claims are deleted. */
 const HOUSEKEEPING_MS = 1000;
-/** A checkpoint follows this long after a commit, or at once after this many bytes. */
+/** A checkpoint follows this long after a commit, or sooner once a quarter of the log bound is written. */
 const CHECKPOINT_DELAY_MS = 200;
-const CHECKPOINT_BYTES = 4 * 1024 * 1024;
-/** The log is cut back to this after it restarts, so the directory stays near the data's size. */
-const WAL_SIZE_LIMIT = 4 * 1024 * 1024;
+/**
+ * The bound on the write-ahead log, between these, scaled to
+ * --history-total-bytes: past it the log is emptied, so the directory stays
+ * near the size of what is retained.
+ */
+const MIN_WAL_BYTES = 1024 * 1024;
+const MAX_WAL_BYTES = 16 * 1024 * 1024;
+/** One frame of the log: a page and its header. */
+const FRAME_BYTES = 4096 + 24;
+/** What a commit writes besides its messages: index, topic and meta pages. */
+const COMMIT_PAGES_BYTES = 4 * 4096;
 /** How long a batch may keep meeting a locked database (a checkpoint's lock) before it is refused. */
-const BUSY_GIVE_UP_MS = 2000;
+const BUSY_GIVE_UP_MS = 10_000;
 const BUSY_RETRY_MS = 2;
 /** Trim and expiry read this many rows at a time. */
 const TRIM_CHUNK = 64;
@@ -186,7 +196,12 @@ export class SqliteBackend implements Backend {
   #syncIdle: Array<() => void> = [];
 
   #checkpointTimer: NodeJS.Timeout | undefined;
+  /** Roughly what was written to the log since the last checkpoint began. */
   #walBytes = 0;
+  readonly #walLimit: number;
+  /** The worker is emptying the log: commits wait (queued) until it is done. */
+  #paused = false;
+  #resumeWaiters: Array<() => void> = [];
   readonly #expiryTimer: NodeJS.Timeout | undefined;
 
   constructor(dataDir: string, retention: Retention, options: SqliteBackendOptions = {}) {
@@ -198,6 +213,7 @@ export class SqliteBackend implements Backend {
     this.#now = options.now ?? Date.now;
     this.#windowMs = options.dedupeWindowMs ?? DEFAULT_IDEMPOTENCY_WINDOW_MS;
     this.#maxKeys = options.maxKeys ?? DEFAULT_IDEMPOTENCY_MAX_KEYS;
+    this.#walLimit = Math.min(MAX_WAL_BYTES, Math.max(MIN_WAL_BYTES, Math.floor(retention.totalBytes / 16)));
 
     ensureDataDir(this.dataDir);
     this.#lock = lockDataDir(this.dataDir);
@@ -215,7 +231,7 @@ export class SqliteBackend implements Backend {
       // checkpointer's syncs and, with fsync 'always', our own fsync of the log.
       db.pragma('synchronous = OFF');
       db.pragma('wal_autocheckpoint = 0');
-      db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
+      db.pragma(`journal_size_limit = ${this.#walLimit}`);
       db.pragma('temp_store = MEMORY');
       if (options.maxPageCount !== undefined) this.setMaxPageCount(options.maxPageCount);
       this.#s = prepare(db);
@@ -238,7 +254,10 @@ export class SqliteBackend implements Backend {
     this.#checkpointer = new Checkpointer(
       this.file,
       (r) => this.#checkpointed(r),
-      (err) => this.#log?.error({ err: err.message }, 'store checkpointer failed; the log file grows until restart'),
+      (err) => {
+        this.#log?.error({ err: err.message }, 'store checkpointer failed; the log file grows until restart');
+        this.#resume();
+      },
     );
     // Age expiry also happens when nobody publishes.
     if (this.#enabled) {
@@ -343,6 +362,8 @@ export class SqliteBackend implements Backend {
   }
 
   readonly #flush = (): void => {
+    // Held back while the log is emptied; #resume flushes (flushScheduled stays set).
+    if (this.#paused) return;
     this.#flushScheduled = false;
     if (this.#shut) return;
     const batch = this.#batch;
@@ -571,24 +592,37 @@ export class SqliteBackend implements Backend {
 
   #wrote(batch: Batch): void {
     for (const p of batch.messages) this.#walBytes += p.size;
-    this.#walBytes += 4096 * (1 + batch.claims.length);
-    if (this.#checkpointer.busy) return;
-    if (this.#walBytes >= CHECKPOINT_BYTES) this.#startCheckpoint();
+    this.#walBytes += COMMIT_PAGES_BYTES;
+    if (this.#checkpointer.busy || this.#closed) return;
+    if (this.#walBytes >= this.#walLimit / 4) this.#startCheckpoint();
     else this.#checkpointTimer ??= setTimeout(() => this.#startCheckpoint(), CHECKPOINT_DELAY_MS).unref();
   }
 
   #startCheckpoint(): void {
     clearTimeout(this.#checkpointTimer);
     this.#checkpointTimer = undefined;
-    this.#walBytes = 0;
-    this.#checkpointer.checkpoint();
+    if (this.#checkpointer.checkpoint('passive')) this.#walBytes = 0;
   }
 
   #checkpointed(r: CheckpointResult): void {
-    if (r.error) this.#log?.warn({ err: r.error }, 'store checkpoint failed; retrying later');
-    // Commits made while it ran (or a checkpoint that could not finish) need another.
-    const behind = r.error !== undefined || (r.log !== undefined && r.checkpointed !== undefined && r.checkpointed < r.log);
-    if ((behind || this.#walBytes > 0) && !this.#closed) this.#checkpointTimer ??= setTimeout(() => this.#startCheckpoint(), behind ? 20 : CHECKPOINT_DELAY_MS).unref();
+    if (r.mode === 'truncate') this.#resume();
+    if (r.error) this.#log?.warn({ mode: r.mode, err: r.error }, 'store checkpoint failed; retrying later');
+    if (this.#closed) return;
+    if (r.mode === 'passive' && r.error === undefined && (r.log ?? 0) * FRAME_BYTES > this.#walLimit) {
+      // The log is past its bound: hold commits back while the worker empties it.
+      if (this.#checkpointer.checkpoint('truncate')) this.#paused = true;
+      return;
+    }
+    // Commits made while it ran need another.
+    if (this.#walBytes > 0 || r.error !== undefined) this.#checkpointTimer ??= setTimeout(() => this.#startCheckpoint(), r.error ? 1000 : CHECKPOINT_DELAY_MS).unref();
+  }
+
+  /** The log is empty again (or emptying failed): held commits go ahead. */
+  #resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    if (this.#flushScheduled) setImmediate(this.#flush);
+    for (const w of this.#resumeWaiters.splice(0)) w();
   }
 
   /** Age expiry before a read, so a read never returns (or hides the gap of) what is already too old. */
@@ -654,6 +688,7 @@ export class SqliteBackend implements Backend {
     this.#closed = true;
     clearInterval(this.#expiryTimer);
     clearTimeout(this.#checkpointTimer);
+    if (this.#paused) await new Promise<void>((resolve) => this.#resumeWaiters.push(resolve));
     // Publishes already accepted are committed and answered, not dropped.
     if (this.#flushScheduled || this.#batch.messages.length > 0) this.#flush();
     if (this.#syncing || this.#unsynced.length > 0) await new Promise<void>((resolve) => this.#syncIdle.push(resolve));
