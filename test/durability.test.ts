@@ -217,6 +217,21 @@ describe('one process per data directory', () => {
   });
 });
 
+describe('the inspector after a restart', () => {
+  it('lists the stored topics and messages a killed server kept', async () => {
+    const dir = dataDir();
+    const a = await serve(dir);
+    for (const body of ['one', 'two']) expect((await fetch(`${a.url}/pub/seen/x`, { method: 'POST', body, headers: bearer('/pub/seen/x') })).status).toBe(200);
+    a.child.kill('SIGKILL');
+    await a.exit;
+    const b = await serve(dir);
+    const topics = (await (await fetch(`${b.url}/_/api/topics`, { headers: bearer('/_/') })).json()) as { topics: Array<{ topic: string; messages: number }> };
+    expect(topics.topics).toContainEqual(expect.objectContaining({ topic: 'seen/x', messages: 2 }));
+    const recent = (await (await fetch(`${b.url}/_/api/messages?topic=seen/x`, { headers: bearer('/_/') })).json()) as { messages: Array<{ body: string }> };
+    expect(recent.messages.map((m) => m.body)).toEqual(['one', 'two']);
+  });
+});
+
 describe('refusing what is not ours', () => {
   it('refuses to start on a file that is not a store, naming it, and leaves it as it was', async () => {
     const dir = dataDir();
