@@ -102,8 +102,13 @@ function prefixRange(prefix: string): [string, string] {
 const TOMBSTONES = 100_000;
 /** How often expired idempotency keys and claims are deleted. */
 const HOUSEKEEPING_MS = 1000;
-/** A checkpoint follows this long after a commit, or sooner once a quarter of the log bound is written. */
-const CHECKPOINT_DELAY_MS = 200;
+/**
+ * A checkpoint follows this long after a commit, or sooner once half the log
+ * bound is written. Rarer checkpoints copy less (a page rewritten by many
+ * commits is copied once), and in the default fsync mode this is also about
+ * how much a power loss can take: the checkpoint syncs the log first.
+ */
+const CHECKPOINT_DELAY_MS = 1000;
 /**
  * The bound on the write-ahead log, between these, scaled to
  * --history-total-bytes: past it the log is emptied, so the directory stays
@@ -157,6 +162,9 @@ export class SqliteBackend implements Backend {
   readonly #db: Db;
   readonly #checkpointer: Checkpointer;
   readonly #s: ReturnType<typeof prepare>;
+  /** The batch's transaction (BEGIN IMMEDIATE … COMMIT), made once. */
+  readonly #commit: (batch: Batch, now: number) => void;
+  readonly #expireNow: (now: number) => void;
 
   #listener: (m: Message) => void = () => {};
   #readyListeners: Array<(ready: boolean) => void> = [];
@@ -235,13 +243,16 @@ export class SqliteBackend implements Backend {
       db.pragma('temp_store = MEMORY');
       if (options.maxPageCount !== undefined) this.setMaxPageCount(options.maxPageCount);
       this.#s = prepare(db);
+      this.#commit = db.transaction((batch: Batch, now: number) => this.#write(batch, now)).immediate;
+      this.#expireNow = db.transaction((now: number) => this.#expire(now)).immediate;
       const now = this.#now();
       if (opened.created) this.#s.setMeta.run('created', now);
       this.#createdMs = this.#meta('created') ?? now;
+      // Every id handed out is a retained message, a trim mark, or (history off) meta's last_key.
       const maxK = (this.#s.maxKey.get() as { k: number | null }).k ?? -1;
-      this.#lastKey = Math.max(this.#meta('last_key') ?? -1, maxK, keyOf(this.#createdMs, SEQ_PER_MS));
-      this.#visibleKey = this.#lastKey;
       this.#forgottenKey = this.#meta('forgotten') ?? -1;
+      this.#lastKey = Math.max(this.#meta('last_key') ?? -1, maxK, this.#forgottenKey, keyOf(this.#createdMs, SEQ_PER_MS));
+      this.#visibleKey = this.#lastKey;
       this.#recount();
       // Retention flags may have changed since the last run.
       db.transaction(() => this.#enforceAll(now)).immediate();
@@ -370,7 +381,7 @@ export class SqliteBackend implements Backend {
     this.#batch = { messages: [], claims: [], releases: [] };
     const now = this.#now();
     try {
-      this.#db.transaction(() => this.#write(batch, now)).immediate();
+      this.#commit(batch, now);
     } catch (err) {
       if ((err as { code?: string }).code === 'SQLITE_BUSY' && !this.#closed) {
         // A lock held by a checkpoint: try again shortly rather than wait (the event loop must not) or refuse.
@@ -402,52 +413,69 @@ export class SqliteBackend implements Backend {
     }
   };
 
-  /** One batch's writes, inside its transaction. */
+  /**
+   * One batch's writes, inside its transaction. Each topic's counters are
+   * updated, and the topic trimmed, once per batch rather than per message:
+   * under load a batch holds many messages to the same few topics.
+   */
   #write(batch: Batch, now: number): void {
     const s = this.#s;
+    const r = this.#retention;
+    const touched = new Map<string, { messages: number; bytes: number }>();
     for (const p of batch.messages) {
       const m = p.message;
       if (this.#enabled) {
         s.insertMessage.run(p.k, m.topic, m.time, p.size, p.headers, m.body);
-        const t = s.addToTopic.get(m.topic, p.size) as { messages: number; bytes: number };
-        if (t.messages === 1) {
-          // A topic that emptied before keeps its mark, so resumes from before it still see the gap.
-          const tomb = s.takeTombstone.get(m.topic) as { trimmed: number } | undefined;
-          if (tomb) {
-            this.#tombstones--;
-            s.setTopicTrimmed.run(tomb.trimmed, m.topic);
-          }
+        const t = touched.get(m.topic);
+        if (t) {
+          t.messages++;
+          t.bytes += p.size;
+        } else {
+          touched.set(m.topic, { messages: 1, bytes: p.size });
         }
         this.#totalBytes += p.size;
-        if (m.time + this.#retention.ageMs < this.#expireDue) this.#expireDue = m.time + this.#retention.ageMs;
-        if (t.messages > this.#retention.count || t.bytes > this.#retention.bytes) this.#trimTopic(m.topic, t.messages, t.bytes, this.#retention.count, this.#retention.bytes);
+        if (m.time + r.ageMs < this.#expireDue) this.#expireDue = m.time + r.ageMs;
       }
       if (p.scope !== undefined) s.putIdempotency.run(p.scope, p.k, now);
+    }
+    for (const [topic, added] of touched) {
+      const [messages, bytes] = s.addToTopic.get(topic, added.messages, added.bytes) as [number, number];
+      if (messages === added.messages) {
+        // A new row: a topic that emptied before keeps its mark, so resumes from before it still see the gap.
+        const tomb = s.takeTombstone.get(topic) as [number] | undefined;
+        if (tomb) {
+          this.#tombstones--;
+          s.setTopicTrimmed.run(tomb[0], topic);
+        }
+      }
+      if (messages > r.count || bytes > r.bytes) this.#trimTopic(topic, messages, bytes, r.count, r.bytes);
     }
     for (const key of batch.claims) s.putClaim.run(key, now);
     for (const key of batch.releases) s.deleteClaim.run(key);
     if (this.#enabled) this.#expire(now);
     if (now - this.#housekeptAt >= HOUSEKEEPING_MS) this.#housekeep(now);
-    if (batch.messages.length > 0) s.setMeta.run('last_key', batch.messages[batch.messages.length - 1].k);
+    // With history on, the newest id is a retained message or a trim mark; only with it off must it be written down.
+    if (!this.#enabled && batch.messages.length > 0) s.setMeta.run('last_key', batch.messages[batch.messages.length - 1].k);
   }
 
-  /** Trims a topic's oldest messages until it is within `count` and `bytes`. */
+  /** Trims a topic's oldest messages until it is within `count` and `bytes`: one range delete. */
   #trimTopic(topic: string, messages: number, bytes: number, count: number, maxBytes: number): void {
     const s = this.#s;
     let n = messages;
     let b = bytes;
     let last = -1;
-    while (n > 0 && (n > count || b > maxBytes)) {
-      const rows = s.topicOldest.all(topic, Math.min(TRIM_CHUNK, Math.max(1, n - count))) as Array<{ k: number; size: number }>;
+    scan: while (n > 0 && (n > count || b > maxBytes)) {
+      const rows = s.topicOldest.all(topic, last, Math.min(TRIM_CHUNK, Math.max(1, n - count))) as Array<[number, number]>;
       if (rows.length === 0) break;
-      for (const row of rows) {
-        if (n <= count && b <= maxBytes) break;
-        s.deleteMessage.run(row.k);
+      for (const [k, size] of rows) {
+        if (n <= count && b <= maxBytes) break scan;
         n--;
-        b -= row.size;
-        last = row.k;
+        b -= size;
+        last = k;
       }
     }
+    if (last === -1) return;
+    s.deleteTopicUpTo.run(topic, last);
     this.#totalBytes -= bytes - b;
     if (n === 0) {
       s.deleteTopic.run(topic);
@@ -462,30 +490,48 @@ export class SqliteBackend implements Backend {
     this.#tombstones++;
   }
 
-  /** Drops what is too old, and the oldest anywhere while over the total size. */
+  /**
+   * Drops what is too old, and the oldest anywhere while over the total size:
+   * always a prefix of the messages in id order, so one range delete, then
+   * each affected topic's counters once.
+   */
   #expire(now: number): void {
     const r = this.#retention;
     if (now < this.#expireDue && this.#totalBytes <= r.totalBytes) return;
     const s = this.#s;
     const cutoff = now - r.ageMs;
-    for (;;) {
-      const rows = s.oldest.all(TRIM_CHUNK) as Array<{ k: number; topic: string; time: number; size: number }>;
-      if (rows.length === 0) {
-        this.#expireDue = Infinity;
-        return;
+    const topics = new Map<string, { messages: number; bytes: number; last: number }>();
+    let upTo = -1;
+    scan: for (;;) {
+      const rows = s.oldest.all(upTo, TRIM_CHUNK) as Array<[number, string, number, number]>;
+      for (const [k, topic, time, size] of rows) {
+        if (time > cutoff && this.#totalBytes <= r.totalBytes) {
+          this.#expireDue = time + r.ageMs;
+          break scan;
+        }
+        this.#totalBytes -= size;
+        upTo = k;
+        const t = topics.get(topic);
+        if (t) {
+          t.messages++;
+          t.bytes += size;
+          t.last = k;
+        } else {
+          topics.set(topic, { messages: 1, bytes: size, last: k });
+        }
       }
-      for (const row of rows) {
-        if (row.time > cutoff && this.#totalBytes <= r.totalBytes) {
-          this.#expireDue = row.time + r.ageMs;
-          return;
-        }
-        s.deleteMessage.run(row.k);
-        this.#totalBytes -= row.size;
-        const t = s.takeFromTopic.get(row.size, row.k, row.topic) as { messages: number };
-        if (t.messages <= 0) {
-          s.deleteTopic.run(row.topic);
-          this.#tombstone(row.topic, row.k);
-        }
+      if (rows.length < TRIM_CHUNK) {
+        this.#expireDue = Infinity;
+        break;
+      }
+    }
+    if (upTo === -1) return;
+    s.deleteUpTo.run(upTo);
+    for (const [topic, t] of topics) {
+      const [left] = s.takeFromTopic.get(t.messages, t.bytes, t.last, topic) as [number];
+      if (left <= 0) {
+        s.deleteTopic.run(topic);
+        this.#tombstone(topic, t.last);
       }
     }
   }
@@ -594,7 +640,7 @@ export class SqliteBackend implements Backend {
     for (const p of batch.messages) this.#walBytes += p.size;
     this.#walBytes += COMMIT_PAGES_BYTES;
     if (this.#checkpointer.busy || this.#closed) return;
-    if (this.#walBytes >= this.#walLimit / 4) this.#startCheckpoint();
+    if (this.#walBytes >= this.#walLimit / 2) this.#startCheckpoint();
     else this.#checkpointTimer ??= setTimeout(() => this.#startCheckpoint(), CHECKPOINT_DELAY_MS).unref();
   }
 
@@ -630,7 +676,7 @@ export class SqliteBackend implements Backend {
     if (!this.#enabled || this.#closed || this.#now() < this.#expireDue) return;
     try {
       const now = this.#now();
-      this.#db.transaction(() => this.#expire(now)).immediate();
+      this.#expireNow(now);
     } catch {
       // A full disk can refuse even deletes; the messages stay until the next commit expires them.
       this.#recount();
@@ -716,7 +762,10 @@ function prepare(db: Db) {
   return {
     getMeta: p('SELECT value FROM meta WHERE name = ?'),
     setMeta: p('INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value'),
-    maxKey: p('SELECT max(k) AS k FROM messages'),
+    // (The many-argument max() is NULL if any argument is.)
+    maxKey: p(
+      'SELECT max(coalesce((SELECT max(k) FROM messages), -1), coalesce((SELECT max(trimmed) FROM topics), -1), coalesce((SELECT max(trimmed) FROM tombstones), -1)) AS k',
+    ),
     stats: p('SELECT count(*) AS topics, sum(messages) AS messages FROM topics'),
     totalBytes: p('SELECT total(bytes) AS n FROM topics'),
     countTombstones: p('SELECT count(*) AS n FROM tombstones'),
@@ -724,21 +773,22 @@ function prepare(db: Db) {
     countClaims: p('SELECT count(*) AS n FROM claims'),
 
     insertMessage: p('INSERT INTO messages (k, topic, time, size, headers, body) VALUES (?, ?, ?, ?, ?, ?)'),
-    deleteMessage: p('DELETE FROM messages WHERE k = ?'),
     addToTopic: p(
-      'INSERT INTO topics (topic, messages, bytes, trimmed) VALUES (?, 1, ?, -1) ON CONFLICT (topic) DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes RETURNING messages, bytes',
-    ),
+      'INSERT INTO topics (topic, messages, bytes, trimmed) VALUES (?, ?, ?, -1) ON CONFLICT (topic) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes RETURNING messages, bytes',
+    ).raw(),
     setTopic: p('UPDATE topics SET messages = ?, bytes = ?, trimmed = max(trimmed, ?) WHERE topic = ?'),
     setTopicTrimmed: p('UPDATE topics SET trimmed = ? WHERE topic = ?'),
-    takeFromTopic: p('UPDATE topics SET messages = messages - 1, bytes = bytes - ?, trimmed = max(trimmed, ?) WHERE topic = ? RETURNING messages'),
+    takeFromTopic: p('UPDATE topics SET messages = messages - ?, bytes = bytes - ?, trimmed = max(trimmed, ?) WHERE topic = ? RETURNING messages').raw(),
     deleteTopic: p('DELETE FROM topics WHERE topic = ?'),
-    topicOldest: p('SELECT k, size FROM messages WHERE topic = ? ORDER BY k LIMIT ?'),
-    oldest: p('SELECT k, topic, time, size FROM messages ORDER BY k LIMIT ?'),
+    topicOldest: p('SELECT k, size FROM messages WHERE topic = ? AND k > ? ORDER BY k LIMIT ?').raw(),
+    deleteTopicUpTo: p('DELETE FROM messages WHERE topic = ? AND k <= ?'),
+    oldest: p('SELECT k, topic, time, size FROM messages WHERE k > ? ORDER BY k LIMIT ?').raw(),
+    deleteUpTo: p('DELETE FROM messages WHERE k <= ?'),
     topicsOver: p('SELECT topic, messages, bytes FROM topics WHERE messages > ? OR bytes > ?'),
     allTopics: p('SELECT topic, messages, bytes FROM topics'),
 
     putTombstone: p('INSERT OR REPLACE INTO tombstones (topic, trimmed) VALUES (?, ?)'),
-    takeTombstone: p('DELETE FROM tombstones WHERE topic = ? RETURNING trimmed'),
+    takeTombstone: p('DELETE FROM tombstones WHERE topic = ? RETURNING trimmed').raw(),
     tombstone: p('SELECT trimmed FROM tombstones WHERE topic = ?'),
     evictTombstones: p('DELETE FROM tombstones WHERE topic IN (SELECT topic FROM tombstones ORDER BY trimmed LIMIT ?) RETURNING trimmed'),
 
