@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -143,6 +143,8 @@ describe('SqliteBackend', () => {
     const d = join(dir(), 'a', 'b');
     open(d);
     expect(readFileSync(join(d, STORE_FILE)).subarray(0, 15).toString()).toBe('SQLite format 3');
+    // It holds every webhook: its owner's only.
+    expect(statSync(d).mode & 0o777).toBe(0o700);
     const file = join(dir(), 'plain-file');
     writeFileSync(file, 'x');
     expect(() => open(join(file, 'data'))).toThrow(`cannot create data directory ${join(file, 'data')}: ENOTDIR`);
@@ -176,6 +178,21 @@ describe('SqliteBackend', () => {
     const damagedBefore = sha(file);
     expect(() => open(damaged)).toThrow(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} is corrupt`));
     expect(sha(file)).toBe(damagedBefore);
+  });
+
+  it('can be backed up while it runs with SQLite’s online backup, and the copy opens as a store', async () => {
+    const a = open(dir());
+    const sent: string[] = [];
+    for (let i = 0; i < 50; i++) sent.push((await a.publish(`b/${i % 3}`, {}, Buffer.alloc(500, i))).id);
+    // What `sqlite3 hookbot.db ".backup copy.db"` does, from another connection, while the store is open and writing.
+    const copyDir = dir();
+    const reader = new Database(a.file, { readonly: true });
+    const writing = Promise.all(Array.from({ length: 20 }, (_, i) => a.publish('b/during', {}, Buffer.from(String(i)))));
+    await reader.backup(join(copyDir, STORE_FILE));
+    reader.close();
+    await writing;
+    const copy = open(copyDir);
+    expect((await copy.history('b/')).messages.map((m) => m.id).slice(0, 50)).toEqual(sent);
   });
 
   it('refuses a lock file that is not its own', () => {

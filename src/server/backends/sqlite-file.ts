@@ -55,10 +55,13 @@ CREATE TABLE claims (key TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX claims_age ON claims (at);
 `;
 
-/** Creates the directory (and parents) if missing; the error names the path and why. */
+/**
+ * Creates the directory (and parents) if missing, readable by its owner only:
+ * it holds every webhook's body and headers. The error names the path and why.
+ */
 export function ensureDataDir(dir: string): void {
   try {
-    mkdirSync(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new StoreOpenError(`cannot create data directory ${dir}: ${e.code ?? e.message} (choose another --data-dir, or --memory to keep nothing on disk)`);
