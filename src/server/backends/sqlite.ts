@@ -192,6 +192,13 @@ export class SqliteBackend implements Backend {
 
   #batch: Batch = { messages: [], claims: [], releases: [] };
   #flushScheduled = false;
+  /** Messages in the last batch committed: more than one means publishes are arriving together. */
+  #lastBatch = 0;
+  /** A publish was committed on its own in this event-loop turn. */
+  #committedThisTurn = false;
+  readonly #newTurn = (): void => {
+    this.#committedThisTurn = false;
+  };
   #busySince = 0;
   /** Idempotency scopes and claims not yet acknowledged, so repeats within a batch are caught too. */
   readonly #pendingScopes = new Map<string, Pending>();
@@ -335,7 +342,16 @@ export class SqliteBackend implements Backend {
         if (scopeIsNew) this.#idempotencyKeys++;
       }
       this.#batch.messages.push(p);
-      this.#scheduleFlush();
+      // While publishes come one at a time, the first of a turn is committed (and answered)
+      // at once: waiting for the end of the turn would only add latency. Any other publish
+      // in that turn goes into the turn's batch, and once batches hold several, all wait.
+      if (this.#fsync === 'normal' && this.#lastBatch <= 1 && !this.#committedThisTurn && !this.#flushScheduled && !this.#paused && this.#batch.messages.length === 1) {
+        this.#committedThisTurn = true;
+        setImmediate(this.#newTurn);
+        this.#flush();
+      } else {
+        this.#scheduleFlush();
+      }
     });
   }
 
@@ -379,6 +395,7 @@ export class SqliteBackend implements Backend {
     if (this.#shut) return;
     const batch = this.#batch;
     this.#batch = { messages: [], claims: [], releases: [] };
+    this.#lastBatch = batch.messages.length;
     const now = this.#now();
     try {
       this.#commit(batch, now);
