@@ -56,9 +56,9 @@ function choosesStore(options: ServeOptions, overrides: Partial<Config>): boolea
  */
 export async function startTestServer(options: ServeOptions = {}, overrides: Partial<Config> = {}): Promise<HookbotServer> {
   const dir = choosesStore(options, overrides) ? undefined : tempDir();
-  const config = { ...resolveServeConfig({ bind: '127.0.0.1:0', key: KEY, ...(dir ? { dataDir: dir } : {}), ...options }, {}), ...overrides };
   let server: HookbotServer;
   try {
+    const config = { ...resolveServeConfig({ bind: '127.0.0.1:0', key: KEY, ...(dir ? { dataDir: dir } : {}), ...options }, {}), ...overrides };
     server = await startServer(config, createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'));
   } catch (err) {
     if (dir) removeDir(dir);
