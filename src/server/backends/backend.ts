@@ -1,8 +1,9 @@
 /**
  * Where messages go between publish and fan-out. The broker talks only to this
- * interface; the in-memory backend keeps one process self-contained and the
- * Redis backend lets several nodes share fan-out and history. Both run the same
- * contract suite (test/contract/backend.contract.ts).
+ * interface; the SQLite backend (the default) keeps one process self-contained
+ * and durable, the in-memory one keeps nothing on disk, and the Redis backend
+ * lets several nodes share fan-out and history. All run the same contract
+ * suite (test/contract/backend.contract.ts).
  */
 import type { Headers, Message } from '../../protocol/message.js';
 
