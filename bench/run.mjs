@@ -13,6 +13,7 @@ import { spawn, fork, execFileSync } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { createHmac } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
@@ -74,8 +75,9 @@ const SIZES = quick
     };
 
 const TARGETS = {
-  fanoutCpu: 0.8, // hookbot / floor CPU µs per delivery, at most
-  pubrateCpu: 1.1, // hookbot / floor CPU µs per publish, at most
+  fanoutCpu: 0.4, // hookbot / floor CPU µs per delivery, at most
+  fanoutP99Memory: 1.2, // hookbot (durable default) / hookbot --memory p99 fan-out latency, at most
+  pubrateCpu: 1.5, // hookbot (durable default) / floor CPU µs per publish, at most
   idleKb: 12, // hookbot KB RSS per idle subscriber, at most (absolute)
   topicsScale: 1.2, // hookbot CPU per publish at many topics / at few, at most
   twonodeRate: 0.7, // two-node / single-node deliveries per second, at least
@@ -90,12 +92,19 @@ function track(proc) {
   proc.on('exit', () => children.delete(proc));
   return proc;
 }
+// hookbot's data directories (its default durable store), removed with their servers or at exit.
+const dataDirs = new Set();
+function removeDataDir(dir) {
+  fs.rmSync(dir, { recursive: true, force: true });
+  dataDirs.delete(dir);
+}
 function killAll() {
   for (const p of children) {
     try {
       p.kill('SIGKILL');
     } catch {}
   }
+  for (const dir of dataDirs) removeDataDir(dir);
 }
 process.on('exit', killAll);
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
@@ -197,17 +206,30 @@ function httpGet(port, urlPath, timeoutMs = 1000) {
 /**
  * Starts one server process on a port picked here (the real server logs its port only
  * at info level and the bench runs it at warn) and waits until GET /status answers 200.
+ * The real server runs on its default durable store in a fresh temporary data directory
+ * (`fsync` sets --fsync), unless `memory` (--memory) or `redis` (cluster mode).
  */
-async function startServer(kind, { redis, readyMs = 15000 } = {}) {
+async function startServer(kind, { redis, memory, fsync, readyMs = 15000 } = {}) {
   const port = await freePort();
   const real = kind === 'hookbot' && !hookbotIsFloor;
   const env = { ...process.env };
   delete env.HOOKBOT_REDIS_URL;
+  delete env.HOOKBOT_DATA_DIR;
+  delete env.HOOKBOT_MEMORY;
+  delete env.HOOKBOT_FSYNC;
   let args;
+  let dataDir;
   if (real) {
     if (!fs.existsSync(path.join(ROOT, 'dist', 'cli', 'index.js'))) throw new Error('dist/cli/index.js is missing: run `npm run build`');
     args = [path.join(ROOT, 'bin', 'hookbot.js'), 'serve', '--bind', `127.0.0.1:${port}`, '--log-level', 'warn'];
     if (redis) args.push('--redis', redis);
+    else if (memory) args.push('--memory');
+    else {
+      dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hookbot-bench-'));
+      dataDirs.add(dataDir);
+      args.push('--data-dir', dataDir);
+      if (fsync) args.push('--fsync', fsync);
+    }
     env.HOOKBOT_KEY = KEY;
     // The bench is one client address opening thousands of subscriptions and
     // publishing as fast as it can: the abuse limits must be off (0 disables each).
@@ -250,7 +272,10 @@ async function startServer(kind, { redis, readyMs = 15000 } = {}) {
     logLines: () => logLines,
     describeExit: () => `exit code ${proc.exitCode}${proc.signalCode ? ` signal ${proc.signalCode}` : ''}`,
     async stop() {
-      if (exited()) return { alreadyExited: srv.describeExit() };
+      if (exited()) {
+        if (dataDir) removeDataDir(dataDir);
+        return { alreadyExited: srv.describeExit() };
+      }
       const start = Date.now();
       const done = new Promise((r) => proc.once('exit', r));
       proc.kill('SIGTERM');
@@ -259,6 +284,7 @@ async function startServer(kind, { redis, readyMs = 15000 } = {}) {
         proc.kill('SIGKILL');
         await done;
       }
+      if (dataDir) removeDataDir(dataDir);
       return { graceful, ms: Date.now() - start, code: proc.exitCode };
     },
   };
@@ -620,8 +646,8 @@ function fanoutSession(specs, cfg, { extraPids = () => [], onClose } = {}) {
 }
 
 /** Many small publishes, `concurrency` in flight over keep-alive connections. */
-function pubrateSession(kind, cfg) {
-  return openSession([{ kind }], async ([srv], clients) => {
+function pubrateSession(kind, cfg, options = {}) {
+  return openSession([{ kind, ...options }], async ([srv], clients) => {
     const topic = 'bench/rate';
     const L = ledger();
     const conn = (L.conn = await clients.call('connect', {
@@ -856,14 +882,18 @@ async function main() {
     progress(`${scenario}: ${n} round(s), ${how ?? 'hookbot and floor interleaved'}`);
     if (scenario === 'fanout' || scenario === 'fanout8' || scenario === 'steady') {
       const cfg = SIZES[scenario];
+      // Sequential fanout also runs hookbot --memory, to see what the durable store adds to latency.
+      const withMemory = scenario === 'fanout';
       const r = await compare(
         [
           { label: 'hookbot', open: () => fanoutSession([{ kind: 'hookbot' }], cfg) },
+          ...(withMemory ? [{ label: 'hookbot --memory', open: () => fanoutSession([{ kind: 'hookbot', memory: true }], cfg) }] : []),
           { label: 'floor', open: () => fanoutSession([{ kind: 'floor' }], cfg) },
         ],
         n,
       );
       const h = line(scenario, 'hookbot', r.hookbot, started);
+      const m = withMemory ? line(scenario, 'hookbot --memory', r['hookbot --memory'], started) : undefined;
       const f = line(scenario, 'floor', r.floor, started);
       if (cfg.rate) {
         // A fixed rate sets the load: latency is the comparison, with no target.
@@ -873,6 +903,10 @@ async function main() {
       } else {
         ratios.push(ratioLine(scenario, 'cpu_us_per_delivery hookbot / floor', h.cpu_us_per_delivery, f.cpu_us_per_delivery, TARGETS.fanoutCpu, '<='));
         ratios.push(info(scenario, 'deliveries_per_s hookbot / floor', h.deliveries_per_s, f.deliveries_per_s));
+        if (m) {
+          ratios.push(ratioLine(scenario, 'latency_ms_p99 hookbot / hookbot --memory', h.latency_ms_p99, m.latency_ms_p99, TARGETS.fanoutP99Memory, '<='));
+          ratios.push(info(scenario, 'cpu_us_per_delivery hookbot / hookbot --memory', h.cpu_us_per_delivery, m.cpu_us_per_delivery));
+        }
       }
     } else if (scenario === 'sse') {
       if (hookbotIsFloor) {
@@ -895,17 +929,22 @@ async function main() {
       ratios.push(named(info('sse', 'latency_ms_p99 SSE / WebSocket', e.latency_ms_p99, w.latency_ms_p99)));
     } else if (scenario === 'pubrate') {
       const cfg = SIZES.pubrate;
+      // The default (a commit survives the process dying) and --fsync always (also a power loss).
       const r = await compare(
         [
           { label: 'hookbot', open: () => pubrateSession('hookbot', cfg) },
+          { label: 'hookbot --fsync always', open: () => pubrateSession('hookbot', cfg, { fsync: 'always' }) },
           { label: 'floor', open: () => pubrateSession('floor', cfg) },
         ],
         n,
       );
       const h = line('pubrate', 'hookbot', r.hookbot, started);
+      const a = line('pubrate', 'hookbot --fsync always', r['hookbot --fsync always'], started);
       const f = line('pubrate', 'floor', r.floor, started);
       ratios.push(ratioLine('pubrate', 'cpu_us_per_publish hookbot / floor', h.cpu_us_per_publish, f.cpu_us_per_publish, TARGETS.pubrateCpu, '<='));
       ratios.push(info('pubrate', 'publishes_per_s hookbot / floor', h.publishes_per_s, f.publishes_per_s));
+      ratios.push(info('pubrate', 'cpu_us_per_publish hookbot --fsync always / floor', a.cpu_us_per_publish, f.cpu_us_per_publish));
+      ratios.push(info('pubrate', 'publishes_per_s hookbot --fsync always / hookbot', a.publishes_per_s, h.publishes_per_s));
     } else if (scenario === 'idle') {
       const cfg = SIZES.idle;
       const out = {};

@@ -31,10 +31,13 @@ async function makeBackend(
 }
 
 // Each backend gets its own key namespace, so history starts empty without flushing.
-backendContract('redis', async (retention) => {
-  const backend = await makeBackend(retention);
-  return { backend, cleanup: () => backend.close() };
-});
+backendContract(
+  'redis',
+  async (retention) => {
+    const backend = await makeBackend(retention);
+    return { backend, cleanup: () => backend.close() };
+  },
+);
 
 describe('RedisBackend', () => {
   const open: RedisBackend[] = [];

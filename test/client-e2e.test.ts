@@ -15,7 +15,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import express from 'express';
-import { eventually, freePort, KEY, ROOT, runCli, token, type Proc } from './helpers.js';
+import { eventually, freePort, KEY, removeDir, ROOT, runCli, tempDir, token, type Proc } from './helpers.js';
 
 const SECRET = 'e2e-github-secret';
 const FAST = ['--min-backoff', '50ms', '--max-backoff', '300ms', '--retry-delay', '30ms'];
@@ -37,9 +37,9 @@ function cli(args: string[], env: Record<string, string> = {}): Proc {
   return p;
 }
 
-/** `hookbot serve` on a given port (so it can be restarted on the same one). */
-async function serve(port: number): Promise<Proc> {
-  const p = cli(['serve', '--bind', `127.0.0.1:${port}`], { HOOKBOT_KEY: KEY });
+/** `hookbot serve` on a given port (so it can be restarted on the same one), on its own store or on `dataDir`'s. */
+async function serve(port: number, dataDir?: string): Promise<Proc> {
+  const p = cli(['serve', '--bind', `127.0.0.1:${port}`, ...(dataDir ? ['--data-dir', dataDir] : [])], { HOOKBOT_KEY: KEY });
   await p.waitForLine(/Listening on/);
   return p;
 }
@@ -249,7 +249,10 @@ describe('hookbot forward', () => {
 
   it('survives a server restart mid-stream: every accepted message exactly once, in order', async () => {
     const port = await freePort();
-    const server = await serve(port);
+    // The restarted server opens the same store, so the client resumes from it.
+    const dataDir = tempDir();
+    closers.push(async () => removeDir(dataDir));
+    const server = await serve(port, dataDir);
     const rx = await receiver();
     const fwd = cli(['forward', subUrl(port, 'restart'), '--to', rx.url, ...FAST]);
     await fwd.waitForLine(/"msg":"connected"/);
@@ -267,7 +270,7 @@ describe('hookbot forward', () => {
     await eventually(() => rx.deliveries.length >= 20, 15_000, '20 deliveries before the restart');
     await stopProc(server);
     // The publisher keeps trying (connection refused) while the server is down; cli() children are killed after each test.
-    const restarted = await serve(port).then(() => true);
+    const restarted = await serve(port, dataDir).then(() => true);
     await publisher;
     await eventually(() => rx.deliveries.length >= accepted.length, 20_000, `all ${total} deliveries`);
     expect(restarted).toBe(true);

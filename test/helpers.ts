@@ -3,8 +3,11 @@
  * that end on events or a timeout, never on a fixed sleep.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocket, type ClientOptions, type RawData } from 'ws';
 import { resolveServeConfig, type Config, type ServeOptions } from '../src/server/config.js';
@@ -24,9 +27,47 @@ export function bearer(path: string, key = KEY): Record<string, string> {
   return { authorization: `Bearer ${token(path, key)}` };
 }
 
+const tempDirs = new Set<string>();
+// Whatever a test left behind (a server it never closed, a child it killed without waiting) goes when the test process ends.
+process.once('exit', () => {
+  for (const dir of tempDirs) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh empty directory under the system's temporary directory, removed by removeDir or when the test process exits. */
+export function tempDir(prefix = 'hookbot-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  tempDirs.add(dir);
+  return dir;
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+  tempDirs.delete(dir);
+}
+
+/** Whether serve options already say where history goes (else tests give it a temporary data directory). */
+function choosesStore(options: ServeOptions, overrides: Partial<Config>): boolean {
+  return options.dataDir !== undefined || options.memory === true || options.redis !== undefined || 'dataDir' in overrides || 'redisUrl' in overrides;
+}
+
+/**
+ * A server in this process on the default durable store, in a temporary data
+ * directory removed when it closes (pass `memory: true` or a `dataDir` to choose).
+ */
 export async function startTestServer(options: ServeOptions = {}, overrides: Partial<Config> = {}): Promise<HookbotServer> {
-  const config = { ...resolveServeConfig({ bind: '127.0.0.1:0', key: KEY, ...options }, {}), ...overrides };
-  return startServer(config, createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'));
+  const dir = choosesStore(options, overrides) ? undefined : tempDir();
+  let server: HookbotServer;
+  try {
+    const config = { ...resolveServeConfig({ bind: '127.0.0.1:0', key: KEY, ...(dir ? { dataDir: dir } : {}), ...options }, {}), ...overrides };
+    server = await startServer(config, createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'));
+  } catch (err) {
+    if (dir) removeDir(dir);
+    throw err;
+  }
+  if (!dir) return server;
+  let closing: Promise<void> | undefined;
+  const close = server.close;
+  return { ...server, close: () => (closing ??= close().finally(() => removeDir(dir))) };
 }
 
 export function wsUrl(server: HookbotServer, path: string): string {
@@ -169,8 +210,24 @@ export interface Proc {
   waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
 }
 
-/** Runs the real CLI (dist must be built) as a child process. */
+/**
+ * Runs the real CLI (dist must be built) as a child process. A `serve` that
+ * does not choose its store (--data-dir, --memory, --redis or their
+ * environment variables) gets a temporary data directory, removed when it
+ * exits, so no test writes ./hookbot-data.
+ */
 export function runCli(args: string[], env: Record<string, string | undefined> = {}, input?: string): Proc {
+  let dir: string | undefined;
+  if (
+    args[0] === 'serve' &&
+    !args.some((a) => a === '--data-dir' || a === '--memory' || a === '--redis' || a.startsWith('--data-dir=') || a.startsWith('--redis=')) &&
+    !env.HOOKBOT_DATA_DIR &&
+    !env.HOOKBOT_MEMORY &&
+    !env.HOOKBOT_REDIS_URL
+  ) {
+    dir = tempDir('hookbot-serve-');
+    args = [...args, '--data-dir', dir];
+  }
   const child = spawn(process.execPath, [BIN, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH, HOME: process.env.HOME, HOOKBOT_LOG_JSON: '1', ...env },
@@ -191,6 +248,7 @@ export function runCli(args: string[], env: Record<string, string | undefined> =
   else child.stdin.end();
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('exit', (code, signal) => {
+      if (dir) removeDir(dir);
       for (const l of listeners) l();
       resolve({ code, signal });
     }),

@@ -6,11 +6,12 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { makeToken, resolveServeConfig, startServer, subscribe } from 'hookbot';
-import { ROOT } from './helpers.js';
+import { removeDir, ROOT, tempDir } from './helpers.js';
 
 describe("import from 'hookbot'", () => {
   it('runs a server and a subscriber through the public API, resuming by id', async () => {
-    const server = await startServer(resolveServeConfig({ bind: '127.0.0.1:0', key: 'pkg-key', logLevel: 'silent' }, {}));
+    const dataDir = tempDir();
+    const server = await startServer(resolveServeConfig({ bind: '127.0.0.1:0', key: 'pkg-key', logLevel: 'silent', dataDir }, {}));
     try {
       const url = server.url.replace('http://', `ws://${makeToken('pkg-key', '/sub/pkg/')}@`) + '/sub/pkg/';
       const publish = (topic: string, body: string) =>
@@ -32,6 +33,7 @@ describe("import from 'hookbot'", () => {
       await sub.close();
     } finally {
       await server.close();
+      removeDir(dataDir);
     }
   });
 });

@@ -281,10 +281,13 @@ describe.skipIf(noCluster)('Redis Cluster', () => {
   }
 
   // Each backend's own namespace is its own hash tag, so the suite's backends land on different nodes.
-  backendContract('redis cluster', async (retention) => {
-    const backend = await makeBackend(retention);
-    return { backend, cleanup: () => backend.close() };
-  });
+  backendContract(
+    'redis cluster',
+    async (retention) => {
+      const backend = await makeBackend(retention);
+      return { backend, cleanup: () => backend.close() };
+    },
+  );
 
   describe('across nodes', () => {
     const open: RedisBackend[] = [];

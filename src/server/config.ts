@@ -6,8 +6,10 @@
  * and checks the rules that span several options.
  */
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import type { Retention } from './backends/backend.js';
 import type { CatchUpWindow } from './backends/redis.js';
+import { DEFAULT_DATA_DIR, type FsyncMode } from './backends/sqlite.js';
 import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
 import { ROUTERS } from './routers/registry.js';
@@ -37,6 +39,12 @@ export interface Config extends LimitsConfig {
   retention: Retention;
   /** Cluster mode: history and fan-out in this Redis instead of in memory (never logged: it may hold a password). */
   redisUrl?: string;
+  /** The durable store's directory (absolute); undefined with --memory or --redis. */
+  dataDir?: string;
+  /** When the durable store fsyncs: 'normal' (default) or 'always' (before every 200). */
+  fsync?: FsyncMode;
+  /** Why a store option is ignored (--redis given as well), logged at start. */
+  storeWarning?: string;
   /** In-server routers to run (`--router`), and what they verify deliveries with. */
   routers: string[];
   githubSecrets: string[];
@@ -78,6 +86,32 @@ function limits(v: ServeValues): LimitsConfig {
   };
 }
 
+/**
+ * Where history lives: the durable store in --data-dir (the default), memory
+ * (--memory), or Redis, which takes precedence over both. A flag beats its
+ * environment variable; the two store choices at the same level contradict.
+ */
+function store(opts: ServeOptions, env: NodeJS.ProcessEnv, v: ServeValues): Pick<Config, 'dataDir' | 'fsync' | 'storeWarning'> {
+  const memoryFlag = opts.memory === true;
+  const memoryEnv = !memoryFlag && v.memory;
+  const dirEnv = env.HOOKBOT_DATA_DIR || undefined;
+  if (memoryFlag && opts.dataDir !== undefined) throw new ConfigError('--memory and --data-dir cannot be used together: --memory keeps nothing on disk');
+  if (memoryEnv && opts.dataDir === undefined && dirEnv !== undefined) {
+    throw new ConfigError('HOOKBOT_MEMORY and HOOKBOT_DATA_DIR cannot be used together: HOOKBOT_MEMORY keeps nothing on disk');
+  }
+  const memory = memoryFlag || (opts.dataDir === undefined && memoryEnv);
+  const fsyncGiven = opts.fsync !== undefined || Boolean(env.HOOKBOT_FSYNC);
+  if (v.redis !== undefined) {
+    const given = [...(v.dataDir !== undefined ? ['--data-dir'] : []), ...(v.memory ? ['--memory'] : []), ...(fsyncGiven ? ['--fsync'] : [])];
+    return given.length === 0 ? {} : { storeWarning: `--redis takes precedence: history is kept in Redis, and ${given.join(' and ')} ${given.length > 1 ? 'are' : 'is'} ignored` };
+  }
+  if (memory) {
+    if (v.fsync === 'always') throw new ConfigError('--fsync always needs the durable store; it has no effect with --memory');
+    return {};
+  }
+  return { dataDir: resolvePath(opts.dataDir ?? dirEnv ?? DEFAULT_DATA_DIR), fsync: v.fsync };
+}
+
 /** A router that could not verify anything refuses to start. */
 function routers(v: ServeValues): Pick<Config, 'routers' | 'githubSecrets' | 'gitlabTokens' | 'dedupeWindowMs'> {
   for (const { name, secret } of ROUTERS) {
@@ -115,6 +149,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     keepHeaders: v.keepHeader,
     retention,
     ...(v.redis !== undefined ? { redisUrl: v.redis } : {}),
+    ...store(opts, env, v),
     ...routers(v),
     ...limits(v),
     ...(v.metricsToken ? { metricsToken: v.metricsToken } : {}),

@@ -11,6 +11,7 @@
  */
 import { DEFAULT_RETENTION } from './backends/backend.js';
 import { checkRedisUrl, DEFAULT_CATCH_UP } from './backends/redis.js';
+import { DEFAULT_DATA_DIR, FSYNC_MODES, type FsyncMode } from './backends/sqlite.js';
 import { exemptList, LIMIT_DEFAULTS } from './ops/limits.js';
 import { ROUTER_NAMES } from './routers/registry.js';
 
@@ -243,11 +244,40 @@ export const SERVE_OPTIONS = {
     help: 'topics with history at most (the least recently published loses its history first); also bounds the topics remembered as trimmed',
     parse: atLeast(1, '1', parseCount),
   },
+  dataDir: {
+    kind: 'value',
+    flags: '--data-dir <dir>',
+    env: 'HOOKBOT_DATA_DIR',
+    defaultText: DEFAULT_DATA_DIR,
+    help: 'keep ids, history and dedupe state durably in this directory, created if missing',
+    parse: (dir: string, option: string) => {
+      if (dir === '') throw new ConfigError(`${option} must not be empty`);
+      return dir;
+    },
+  },
+  memory: {
+    kind: 'flag',
+    flags: '--memory',
+    env: 'HOOKBOT_MEMORY',
+    defaultText: 'off',
+    help: 'keep history in memory only: nothing survives a restart',
+  },
+  fsync: {
+    kind: 'value',
+    flags: '--fsync <mode>',
+    env: 'HOOKBOT_FSYNC',
+    default: 'normal',
+    help: 'normal: an acknowledged publish survives the process dying; always: also a power loss (fsync before each 200)',
+    parse: (mode: string, option: string) => {
+      if (!(FSYNC_MODES as readonly string[]).includes(mode)) throw new ConfigError(`${option} must be one of ${FSYNC_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
+      return mode as FsyncMode;
+    },
+  },
   redis: {
     kind: 'value',
     flags: '--redis <url>',
     env: 'HOOKBOT_REDIS_URL',
-    defaultText: 'memory',
+    defaultText: 'the data directory',
     help: 'cluster mode: keep history and fan out through Redis: redis[s]://[:password@]host:port[/db], redis[s]-sentinel://host:26379[,host...]/<master>[/db] or redis[s]-cluster://host:port[,host...]',
     parse: (url: string) => {
       if (url === '') return undefined;

@@ -8,6 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Backend } from './backends/backend.js';
 import { MemoryBackend } from './backends/memory.js';
 import { RedisBackend } from './backends/redis.js';
+import { SqliteBackend } from './backends/sqlite.js';
 import { Broker } from './broker.js';
 import type { Config } from './config.js';
 import type { Context } from './context.js';
@@ -42,8 +43,12 @@ export interface HookbotServer {
 const CLOSE_GRACE_MS = 2000;
 
 export function createBackend(config: Config, log?: Logger): Backend {
+  if (config.storeWarning) log?.warn(config.storeWarning);
   if (config.redisUrl) {
     return new RedisBackend(config.redisUrl, config.retention, log?.child({ backend: 'redis' }), { catchUp: config.catchUp, idempotencyWindowMs: config.dedupeWindowMs });
+  }
+  if (config.dataDir !== undefined) {
+    return new SqliteBackend(config.dataDir, config.retention, { fsync: config.fsync, log: log?.child({ backend: 'sqlite' }), dedupeWindowMs: config.dedupeWindowMs });
   }
   return new MemoryBackend(config.retention, Date.now, { windowMs: config.dedupeWindowMs });
 }

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendUnavailableError, DEFAULT_RETENTION, storedSize, type Backend, type Retention } from '../../src/server/backends/backend.js';
-import { compareIds, isMessageId, type Message } from '../../src/protocol/message.js';
+import { compareIds, isMessageId, type Headers, type Message } from '../../src/protocol/message.js';
 
 export interface MadeBackend {
   backend: Backend;
@@ -29,6 +29,8 @@ const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 const notUtf8 = Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28, 0x80, 0x0a, 0x00]);
 
 export function backendContract(name: string, make: MakeBackend): void {
+  // What one retained message counts against the byte limits, in every backend.
+  const size = storedSize;
   describe(`Backend contract: ${name}`, () => {
     const made: MadeBackend[] = [];
     afterEach(async () => {
@@ -180,30 +182,28 @@ export function backendContract(name: string, make: MakeBackend): void {
       expect((await backend.history('c/y', x[0].id)).gap).toBe(false);
     });
 
-    it('trims by bytes per topic and in total, counting the whole stored message', async () => {
-      // Sizes as the limits count them: topic, headers and body plus the per-message overhead.
-      const x1 = storedSize('b/x', {}, Buffer.from('abc0'));
-      const t1 = storedSize('b/t0', {}, Buffer.from('123450'));
-      const { backend } = await open({ bytes: 2 * x1 + 1, totalBytes: 3 * t1 + 1 });
+    it('trims by bytes per topic and in total', async () => {
+      // Limits in the backend's own accounting: two of b/x's four fit, then three b/t* fill the total.
+      const x = (i: number) => size('b/x', {}, Buffer.from(`abc${i}`));
+      const t = (i: number) => size(`b/t${i}`, {}, Buffer.from(`12345${i}`));
+      const perTopic = 2 * x(0) + 1;
+      const total = t(0) + t(1) + t(2);
+      const { backend } = await open({ bytes: perTopic, totalBytes: total });
       for (let i = 0; i < 4; i++) await backend.publish('b/x', {}, Buffer.from(`abc${i}`));
-      const x = await backend.history('b/x');
-      expect(x.messages.map((m) => m.body.toString())).toEqual(['abc2', 'abc3']);
+      const kept = await backend.history('b/x');
+      expect(kept.messages.map((m) => m.body.toString())).toEqual(['abc2', 'abc3']);
 
-      // Total: over all topics, so the oldest go first wherever they are.
+      // The total counts every topic, so the oldest go first wherever they are.
       for (let i = 0; i < 3; i++) await backend.publish(`b/t${i}`, {}, Buffer.from(`12345${i}`));
       const rec = await backend.history('b/');
-      const bytes = rec.messages.reduce((n, m) => n + storedSize(m.topic, m.headers, m.body), 0);
-      expect(bytes).toBeLessThanOrEqual(3 * t1 + 1);
-      // 2 x1 + 3 t1 > the total: both of b/x's go, oldest first.
+      const bytes = rec.messages.reduce((n, m) => n + size(m.topic, m.headers, m.body), 0);
+      expect(bytes).toBeLessThanOrEqual(total);
+      // b/x's two no longer fit beside the three newer ones: both go, oldest first.
       expect(rec.messages.map((m) => m.body.toString())).toEqual(['123450', '123451', '123452']);
       expect((await backend.history('b/x', '0-0')).gap).toBe(true);
 
-      // Kept headers and long topics count too: a message of empty body but big headers is over the per-topic limit.
-      await backend.publish('b/hdr', { 'x-big': 'h'.repeat(2 * x1) }, Buffer.alloc(0));
-      expect((await backend.history('b/hdr')).messages).toEqual([]);
-
       // A single message over the per-topic limit is not kept.
-      await backend.publish('b/big', {}, Buffer.alloc(2 * x1 + 2, 1));
+      await backend.publish('b/big', {}, Buffer.alloc(perTopic - size('b/big', {}, Buffer.alloc(0)) + 1, 1));
       expect((await backend.history('b/big')).messages).toEqual([]);
     });
 
@@ -257,9 +257,41 @@ export function backendContract(name: string, make: MakeBackend): void {
       for (let i = 0; i < 3; i++) await backend.publish('/unsafe/l/b', {}, Buffer.from('123'));
       const topics = (await backend.historyTopics()).sort((p, q) => p.topic.localeCompare(q.topic));
       expect(topics).toEqual([
-        { topic: '/unsafe/l/b', messages: 2, bytes: 2 * storedSize('/unsafe/l/b', {}, Buffer.from('123')) },
-        { topic: 'l/a', messages: 1, bytes: storedSize('l/a', {}, Buffer.from('12')) },
+        { topic: '/unsafe/l/b', messages: 2, bytes: 2 * size('/unsafe/l/b', {}, Buffer.from('123')) },
+        { topic: 'l/a', messages: 1, bytes: size('l/a', {}, Buffer.from('12')) },
       ]);
+    });
+
+    it('answers a repeated idempotency key with the original id and stores nothing', async () => {
+      const { backend, received } = await open();
+      const first = await backend.publish('i/x', { n: '1' }, Buffer.from('one'), { idempotencyKey: 'delivery-1' });
+      const again = await backend.publish('i/x', { n: '2' }, Buffer.from('one, retried'), { idempotencyKey: 'delivery-1' });
+      expect(again.id).toBe(first.id);
+      // The same key on another topic, or another key, is a new message.
+      const other = await backend.publish('i/y', {}, Buffer.from('two'), { idempotencyKey: 'delivery-1' });
+      const fresh = await backend.publish('i/x', {}, Buffer.from('three'), { idempotencyKey: 'delivery-2' });
+      const plain = await backend.publish('i/x', {}, Buffer.from('four'));
+      expect(new Set([first.id, other.id, fresh.id, plain.id]).size).toBe(4);
+      await waitFor(() => received.length >= 4, 5000, 'deliveries');
+      await new Promise((r) => setImmediate(r));
+      expect(received.map((m) => m.body.toString())).toEqual(['one', 'two', 'three', 'four']);
+      const h = await backend.history('i/x');
+      expect(h.messages.map((m) => m.body.toString())).toEqual(['one', 'three', 'four']);
+      expect(h.messages[0].headers).toEqual({ n: '1' });
+    });
+
+    it('gives publishes in flight together with one idempotency key one message', async () => {
+      const { backend, received } = await open();
+      const all = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => backend.publish('i/burst', {}, Buffer.from(`copy ${i}`), { idempotencyKey: i % 2 ? 'odd' : 'even' })),
+      );
+      expect(new Set(all.filter((_, i) => i % 2 === 0).map((m) => m.id)).size).toBe(1);
+      expect(new Set(all.filter((_, i) => i % 2 === 1).map((m) => m.id)).size).toBe(1);
+      expect(all[0].id).not.toBe(all[1].id);
+      await waitFor(() => received.length >= 2, 5000, 'deliveries');
+      await new Promise((r) => setTimeout(r, 20));
+      expect(received.map((m) => m.body.toString())).toEqual(['copy 0', 'copy 1']);
+      expect((await backend.history('i/burst')).messages.map((m) => m.id)).toEqual([all[0].id, all[1].id]);
     });
 
     it('stores a publish repeating an idempotency key once and answers with the original id', async () => {

@@ -1,8 +1,9 @@
 /**
  * Where messages go between publish and fan-out. The broker talks only to this
- * interface; the in-memory backend keeps one process self-contained and the
- * Redis backend lets several nodes share fan-out and history. Both run the same
- * contract suite (test/contract/backend.contract.ts).
+ * interface; the SQLite backend (the default) keeps one process self-contained
+ * and durable, the in-memory one keeps nothing on disk, and the Redis backend
+ * lets several nodes share fan-out and history. All run the same contract
+ * suite (test/contract/backend.contract.ts).
  */
 import type { Headers, Message } from '../../protocol/message.js';
 
@@ -75,11 +76,25 @@ export interface Backend {
   history(topic: string, since?: string, limit?: number): Promise<HistoryResult>;
   /** Topics that have history, with message counts (for the inspector). */
   historyTopics(): Promise<Array<{ topic: string; messages: number; bytes: number }>>;
+  /**
+   * A store for the routers' delivery ids kept by the backend itself (the
+   * durable store keeps them in its file, so a redelivery after a restart is
+   * still recognised); without it the routers remember ids in memory.
+   */
+  seenStore?(windowMs: number): ClaimStore;
   /** Whether publishes can be accepted right now. */
   ready(): boolean;
   /** Called with true/false when readiness changes (Redis up/down). */
   onReadyChange?(listener: (ready: boolean) => void): void;
   close(): Promise<void>;
+}
+
+/** What a router needs to remember delivery ids (structurally the routers' SeenStore). */
+export interface ClaimStore {
+  /** True if `key` was already claimed within the window; otherwise claims it and returns false. */
+  claim(key: string): boolean | Promise<boolean>;
+  /** Forgets a claim, so a delivery whose publish failed can be retried. */
+  release(key: string): void | Promise<void>;
 }
 
 export class BackendUnavailableError extends Error {

@@ -70,6 +70,8 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
       });
     });
   }
+  // The durable store keeps delivery claims across restarts (Redis already does, above).
+  seen ??= broker.backend.seenStore?.(config.dedupeWindowMs);
   for (const spec of specs) {
     routers.push(createRouter(spec.adapter, { secrets: config[spec.secret.config], dedupeWindowMs: config.dedupeWindowMs, seen }, host));
   }
