@@ -126,16 +126,16 @@ describe('smee (smee-client, Probot)', () => {
     expect(dataOf(smeeEncoder.message(m))).toEqual({ 'content-length': '1', body: 1, query: { a: '1' }, timestamp: 1700000000000 });
   });
 
-  it('ready first, named events without ids (an id would reset what an EventSource resumes from), and a start id for live streams', () => {
-    expect(smeeEncoder.preamble!.toString()).toBe('retry: 2000\n\nevent: ready\ndata: {}\n\n');
+  it('ready first, with the stream\'s start as its id when it starts live; other named events without ids (an id would reset what an EventSource resumes from)', () => {
+    expect(smeeEncoder.preamble!.toString()).toBe('retry: 2000\n\n');
+    expect(smeeEncoder.start!('5-0').toString()).toBe('event: ready\ndata: {}\n\n');
+    const before = Date.now();
+    const start = /^id: (\d+)-0\nevent: ready\ndata: \{\}\n\n$/.exec(smeeEncoder.start!(undefined).toString());
+    expect(Number(start![1])).toBeGreaterThanOrEqual(before);
+    expect(Number(start![1])).toBeLessThanOrEqual(Date.now());
     expect(smeeEncoder.ping!.toString()).toBe('event: ping\ndata: {}\n\n');
     expect(smeeEncoder.gap!('5-0').toString()).toBe('event: gap\ndata: {"since":"5-0"}\n\n');
     expect(smeeEncoder.live).toBeUndefined();
-    expect(smeeEncoder.start!('5-0')).toBeUndefined();
-    const before = Date.now();
-    const start = /^id: (\d+)-0\n\n$/.exec(smeeEncoder.start!(undefined)!.toString());
-    expect(Number(start![1])).toBeGreaterThanOrEqual(before);
-    expect(Number(start![1])).toBeLessThanOrEqual(Date.now());
   });
 });
 
@@ -155,12 +155,12 @@ describe('gosmee', () => {
     expect(dataOf(gosmeeEncoder.message(m))).toEqual({ bodyB: 'AAEC', 'content-length': '3', timestamp: '1700000000000' });
   });
 
-  it('data: ready first, gosmee-gap, keepalive comments, a start id for live streams', () => {
-    expect(gosmeeEncoder.preamble!.toString()).toBe('data: ready\n\n');
+  it('data: ready first (with the start id when live), gosmee-gap, keepalive comments', () => {
+    expect(gosmeeEncoder.preamble).toBeUndefined();
+    expect(gosmeeEncoder.start!('5-0').toString()).toBe('data: ready\n\n');
+    expect(gosmeeEncoder.start!(undefined).toString()).toMatch(/^id: \d+-0\ndata: ready\n\n$/);
     expect(gosmeeEncoder.gap!('5-0').toString()).toBe('event: gosmee-gap\ndata: {"error":"missed_history","requested_id":"5-0"}\n\n');
     expect(gosmeeEncoder.ping!.toString()).toBe(': ping\n\n');
-    expect(gosmeeEncoder.start!('5-0')).toBeUndefined();
-    expect(gosmeeEncoder.start!(undefined)!.toString()).toMatch(/^id: \d+-0\n\n$/);
   });
 });
 

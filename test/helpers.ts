@@ -3,6 +3,8 @@
  * that end on events or a timeout, never on a fixed sleep.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createServer as createHttpServer, type IncomingHttpHeaders, type Server as HttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
@@ -326,5 +328,78 @@ export class SseStream {
 
   close(): void {
     this.#abort.abort();
+  }
+}
+
+/** GitHub's `X-Hub-Signature-256` of a body under a webhook secret. */
+export function githubSignature(secret: string, body: Buffer | string): string {
+  return 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
+}
+
+export interface Delivery {
+  method: string;
+  /** Path and query as requested. */
+  url: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/**
+ * A local app that webhooks are forwarded to: records every request with its
+ * raw body and, given a secret, answers 401 unless X-Hub-Signature-256 is the
+ * body's HMAC (as a GitHub app checks it), else 200.
+ */
+export class WebhookApp {
+  readonly deliveries: Delivery[] = [];
+  /** Requests whose signature did not verify (with a secret). */
+  readonly refused: Delivery[] = [];
+  readonly url: string;
+  readonly #server: HttpServer;
+  #waiters: Array<() => void> = [];
+
+  private constructor(server: HttpServer, url: string) {
+    this.#server = server;
+    this.url = url;
+  }
+
+  static async start(secret?: string, path = '/webhook'): Promise<WebhookApp> {
+    let app: WebhookApp | undefined;
+    const server = createHttpServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const d: Delivery = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks) };
+        const ok = secret === undefined || req.headers['x-hub-signature-256'] === githubSignature(secret, d.body);
+        (ok ? app!.deliveries : app!.refused).push(d);
+        res.writeHead(ok ? 200 : 401).end();
+        for (const w of app!.#waiters.splice(0)) w();
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    app = new WebhookApp(server, `http://127.0.0.1:${(server.address() as { port: number }).port}${path}`);
+    return app;
+  }
+
+  /** Resolves once `n` requests were accepted; rejects at once if one was refused. */
+  waitFor(n: number, timeoutMs = 10_000): Promise<Delivery[]> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} deliveries (have ${this.deliveries.length})`)), timeoutMs);
+      const check = () => {
+        if (this.refused.length > 0) {
+          clearTimeout(timer);
+          reject(new Error(`the app refused a delivery: ${this.refused[0].body.toString().slice(0, 200)}`));
+        } else if (this.deliveries.length >= n) {
+          clearTimeout(timer);
+          resolve(this.deliveries.slice(0, n));
+        } else this.#waiters.push(check);
+      };
+      check();
+    });
+  }
+
+  close(): Promise<void> {
+    this.#server.closeAllConnections();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }

@@ -28,8 +28,8 @@ export interface Encoder {
   /**
    * Written as the session starts (after the preamble, before any history),
    * given the id it resumes after (undefined: live only). For EventSource
-   * clients, which resume only from the last `id:` they saw: a stream that
-   * starts live can tell them where it starts, so a reconnect before any
+   * clients, which resume only from the last `id:` they were given: a stream
+   * that starts live can tell them where it starts, so a reconnect before any
    * message arrived still resumes instead of going live and missing what was
    * published in between.
    */

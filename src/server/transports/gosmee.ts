@@ -3,6 +3,7 @@
  * `GET <channel>?stream=<id>` (v0.22, with a `gosmee` User-Agent) or
  * `GET <base>/events/<id>` (current clients):
  *
+ *     id: <when the stream started>    (only on a stream that starts live)
  *     data: ready
  *
  *     id: <message id>
@@ -18,7 +19,7 @@
 import { CHANNEL_QUERY_HEADER } from '../../protocol/channels.js';
 import type { Message } from '../../protocol/message.js';
 import type { Encoder } from '../subscriber.js';
-import { startedAt } from './smee.js';
+import { readyEvent } from './smee.js';
 
 /**
  * Keys the format uses, and `body`/`bodyb`, which gosmee's decoder (Go's
@@ -44,8 +45,7 @@ export function gosmeeData(m: Message): string {
 export const gosmeeEncoder: Encoder = {
   key: 'sse:gosmee',
   message: (m) => Buffer.from(`id: ${m.id}\ndata: ${gosmeeData(m)}\n\n`),
-  preamble: Buffer.from('data: ready\n\n'),
-  start: startedAt,
+  start: readyEvent('data: ready\n\n'),
   gap: (since) => Buffer.from(`event: gosmee-gap\ndata: ${JSON.stringify({ error: 'missed_history', requested_id: since })}\n\n`),
   ping: Buffer.from(': ping\n\n'),
 };

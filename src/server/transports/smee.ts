@@ -5,6 +5,7 @@
  *
  *     retry: 2000
  *
+ *     id: <when the stream started>    (only on a stream that starts live)
  *     event: ready
  *     data: {}
  *
@@ -16,8 +17,8 @@
  * exactly those three keys, nothing of ours. `body` is the parsed JSON when
  * the body is JSON (smee-client re-serialises it, so compact JSON such as
  * GitHub's survives byte for byte), else the body as a string. `ping` and
- * `ready` are named events, which smee-client ignores; they carry no `id:`,
- * since an `id:` resets the id an EventSource resumes from.
+ * `ready` are named events, which smee-client ignores; `ping` and `gap`
+ * carry no `id:`, which would reset the id an EventSource resumes from.
  */
 import { isUtf8 } from 'node:buffer';
 import { CHANNEL_QUERY_HEADER } from '../../protocol/channels.js';
@@ -64,19 +65,23 @@ export function smeeData(m: Message): string {
 }
 
 /**
- * For streams that start live: an event of only `id: <now>-0` (nothing is
- * dispatched, but an EventSource takes the id), so a client that reconnects
- * before any message arrived resumes from when it first connected.
+ * The `ready` event, as the session starts. On a stream that starts live it
+ * carries `id: <now>-0`, so a client that reconnects before any message
+ * arrived resumes from when it first connected instead of going live again
+ * and missing what was published in between (EventSource, and smee-client
+ * with it, records the id of an event it dispatches, even one it ignores).
+ * A resuming stream gives no id: the client's own is its resume point.
  */
-export function startedAt(since: string | undefined): Buffer | undefined {
-  return since === undefined ? Buffer.from(`id: ${Date.now()}-0\n\n`) : undefined;
+export function readyEvent(ready: string): (since: string | undefined) => Buffer {
+  const resumed = Buffer.from(ready);
+  return (since) => (since === undefined ? Buffer.from(`id: ${Date.now()}-0\n${ready}`) : resumed);
 }
 
 export const smeeEncoder: Encoder = {
   key: 'sse:smee',
   message: (m) => Buffer.from(`id: ${m.id}\ndata: ${smeeData(m)}\n\n`),
-  preamble: Buffer.from(`retry: ${RETRY_MS}\n\nevent: ready\ndata: {}\n\n`),
-  start: startedAt,
+  preamble: Buffer.from(`retry: ${RETRY_MS}\n\n`),
+  start: readyEvent('event: ready\ndata: {}\n\n'),
   gap: (since) => Buffer.from(`event: gap\ndata: ${JSON.stringify({ since })}\n\n`),
   ping: Buffer.from('event: ping\ndata: {}\n\n'),
 };
