@@ -4,7 +4,9 @@
  * path maps to its own topic only when channels are on.
  */
 import { describe, expect, it } from 'vitest';
-import { CHANNEL_ID_LENGTH, ChannelIds, channelTopic, isChannelId, mintChannelId } from '../src/protocol/channels.js';
+import { forwardHeaders, forwardTarget } from '../src/cli/forward.js';
+import { CHANNEL_ID_LENGTH, CHANNEL_QUERY_HEADER, ChannelIds, channelTopic, isChannelId, mintChannelId } from '../src/protocol/channels.js';
+import { Message } from '../src/protocol/message.js';
 import { parseEndpoint } from '../src/protocol/topics.js';
 import { makeToken } from '../src/protocol/tokens.js';
 
@@ -82,5 +84,17 @@ describe('channel paths', () => {
     }
     expect(parseEndpoint(`/sub/smee/${id}`, true)).toMatchObject({ action: 'sub', topic: `smee/${id}` });
     expect(parseEndpoint(`/${id.toUpperCase()}`, true)).toMatchObject({ action: 'any', topic: id.toUpperCase() });
+  });
+});
+
+describe('hookbot forward with a channel message', () => {
+  const m = (query?: string) => new Message('1-0', 'smee/x', query ? { [CHANNEL_QUERY_HEADER]: query, 'x-a': '1' } : { 'x-a': '1' }, Buffer.alloc(0));
+
+  it('puts the query string back into the target URL (byte for byte when the target has none) and never sends it as a header', () => {
+    const target = new URL('http://127.0.0.1:3000/hook');
+    expect(forwardTarget(target, m()).href).toBe('http://127.0.0.1:3000/hook');
+    expect(forwardTarget(target, m('a%20b=c+d&a%20b=e')).href).toBe('http://127.0.0.1:3000/hook?a%20b=c+d&a%20b=e');
+    expect(forwardTarget(new URL('http://h/hook?keep=1&a=0'), m('a=1&a=2')).href).toBe('http://h/hook?keep=1&a=1&a=2');
+    expect(forwardHeaders(m('a=1'))).toEqual({ 'x-a': '1', 'content-length': '0', 'x-hookbot-message-id': '1-0' });
   });
 });
