@@ -5,7 +5,7 @@
  */
 import express from 'express';
 import type { Context } from '../context.js';
-import { CHANNEL_ASSETS_PATH, CHANNEL_PAGE_CSP, CHANNEL_PAGE_DIR, redeliverOnChannel } from '../ops/channel-page.js';
+import { CHANNEL_ASSETS, CHANNEL_ASSETS_PATH, CHANNEL_PAGE_CSP, CHANNEL_PAGE_DIR, redeliverOnChannel } from '../ops/channel-page.js';
 import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
 
 /** Paths the operational app answers; everything else is a topic. */
@@ -65,8 +65,9 @@ function mountChannelPage(app: express.Express, ctx: Context): void {
     res.set('cache-control', 'no-store');
     redeliverOnChannel(ctx, req, req.body).then((out) => res.status(out.status).json(out.body), next);
   });
-  // index.html is the page itself, served at each channel's own URL.
-  app.use(CHANNEL_ASSETS_PATH, express.static(CHANNEL_PAGE_DIR, { index: false, fallthrough: true, maxAge: 0 }));
+  // Only the assets: the page itself is served at each channel's own URL, for minted ids only.
+  const assets = express.static(CHANNEL_PAGE_DIR, { index: false, fallthrough: true, maxAge: 0 });
+  app.use(CHANNEL_ASSETS_PATH, (req, res, next) => (CHANNEL_ASSETS.has(req.path) ? assets(req, res, next) : next()));
 }
 
 /** The inspector: its static page under /_/ and its token-protected JSON API under /_/api/. */

@@ -24,6 +24,7 @@ export const CHANNEL_PAGE_CSP =
 
 /** Where the page's script, styles and Redeliver live: an operational path, never a topic or a channel. */
 export const CHANNEL_ASSETS_PATH = '/_/smee';
+export const CHANNEL_ASSETS: ReadonlySet<string> = new Set(['/channel.js', '/channel.css']);
 
 /** `POST /_/smee/redeliver` with `{"channel","id"}`: re-publishes one message of that channel's history. */
 export async function redeliverOnChannel(ctx: Context, req: IncomingMessage, body: unknown): Promise<ApiResponse> {
