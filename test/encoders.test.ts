@@ -128,9 +128,9 @@ describe('smee (smee-client, Probot)', () => {
 
   it('ready first, with the stream\'s start as its id when it starts live; other named events without ids (an id would reset what an EventSource resumes from)', () => {
     expect(smeeEncoder.preamble!.toString()).toBe('retry: 2000\n\n');
-    expect(smeeEncoder.start!('5-0').toString()).toBe('event: ready\ndata: {}\n\n');
+    expect(smeeEncoder.start!('5-0')!.toString()).toBe('event: ready\ndata: {}\n\n');
     const before = Date.now();
-    const start = /^id: (\d+)-0\nevent: ready\ndata: \{\}\n\n$/.exec(smeeEncoder.start!(undefined).toString());
+    const start = /^id: (\d+)-0\nevent: ready\ndata: \{\}\n\n$/.exec(smeeEncoder.start!(undefined)!.toString());
     expect(Number(start![1])).toBeGreaterThanOrEqual(before);
     expect(Number(start![1])).toBeLessThanOrEqual(Date.now());
     expect(smeeEncoder.ping!.toString()).toBe('event: ping\ndata: {}\n\n');
@@ -157,8 +157,8 @@ describe('gosmee', () => {
 
   it('data: ready first (with the start id when live), gosmee-gap, keepalive comments', () => {
     expect(gosmeeEncoder.preamble).toBeUndefined();
-    expect(gosmeeEncoder.start!('5-0').toString()).toBe('data: ready\n\n');
-    expect(gosmeeEncoder.start!(undefined).toString()).toMatch(/^id: \d+-0\ndata: ready\n\n$/);
+    expect(gosmeeEncoder.start!('5-0')!.toString()).toBe('data: ready\n\n');
+    expect(gosmeeEncoder.start!(undefined)!.toString()).toMatch(/^id: \d+-0\ndata: ready\n\n$/);
     expect(gosmeeEncoder.gap!('5-0').toString()).toBe('event: gosmee-gap\ndata: {"error":"missed_history","requested_id":"5-0"}\n\n');
     expect(gosmeeEncoder.ping!.toString()).toBe(': ping\n\n');
   });

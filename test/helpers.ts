@@ -353,31 +353,34 @@ export class WebhookApp {
   readonly deliveries: Delivery[] = [];
   /** Requests whose signature did not verify (with a secret). */
   readonly refused: Delivery[] = [];
-  readonly url: string;
   readonly #server: HttpServer;
+  #url = '';
   #waiters: Array<() => void> = [];
 
-  private constructor(server: HttpServer, url: string) {
-    this.#server = server;
-    this.url = url;
-  }
-
-  static async start(secret?: string, path = '/webhook'): Promise<WebhookApp> {
-    let app: WebhookApp | undefined;
-    const server = createHttpServer((req, res) => {
+  private constructor(secret: string | undefined) {
+    this.#server = createHttpServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
         const d: Delivery = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks) };
         const ok = secret === undefined || req.headers['x-hub-signature-256'] === githubSignature(secret, d.body);
-        (ok ? app!.deliveries : app!.refused).push(d);
+        (ok ? this.deliveries : this.refused).push(d);
         res.writeHead(ok ? 200 : 401).end();
-        for (const w of app!.#waiters.splice(0)) w();
+        for (const w of this.#waiters.splice(0)) w();
       });
     });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    app = new WebhookApp(server, `http://127.0.0.1:${(server.address() as { port: number }).port}${path}`);
+  }
+
+  /** Where to send: http://127.0.0.1:<port><path>. */
+  get url(): string {
+    return this.#url;
+  }
+
+  static async start(secret?: string, path = '/webhook'): Promise<WebhookApp> {
+    const app = new WebhookApp(secret);
+    app.#server.listen(0, '127.0.0.1');
+    await once(app.#server, 'listening');
+    app.#url = `http://127.0.0.1:${(app.#server.address() as { port: number }).port}${path}`;
     return app;
   }
 

@@ -19,7 +19,7 @@ const quiet = { info: () => {}, error: () => {} };
 const examples = createRequire(import.meta.url)('@octokit/webhooks-examples') as Array<{ name: string; examples: Array<Record<string, unknown>> }>;
 const pullRequest = examples.find((e) => e.name === 'pull_request')!.examples[0];
 
-const cleanup: Array<() => Promise<unknown> | unknown> = [];
+const cleanup: Array<() => unknown> = [];
 afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
