@@ -1,8 +1,10 @@
 /**
- * Cluster mode end to end: a real redis-server and real `hookbot serve --redis`
- * processes (dist must be built: `npm test` builds first).
+ * Cluster mode end to end: a real redis-server (with an append-only file, as
+ * the README recommends) and real `hookbot serve --redis` processes (dist must
+ * be built: `npm test` builds first).
  */
 import { existsSync } from 'node:fs';
+import { Redis } from 'ioredis';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -20,7 +22,7 @@ beforeAll(async () => {
   if (!existsSync(fileURLToPath(new URL('../dist/server/backends/redis.js', import.meta.url)))) {
     throw new Error('dist/ is not built: run `npm run build` (npm test does it) before this file');
   }
-  redis = await startRedis();
+  redis = await startRedis({ persistent: true });
 });
 afterEach(async () => {
   for (const n of nodes.splice(0)) {
@@ -32,18 +34,18 @@ afterEach(async () => {
   if (!redis.running) await redis.start();
 });
 afterAll(async () => {
-  await redis?.stop('SIGKILL');
+  await redis?.destroy();
 });
 
 let clusters = 0;
 
 /** Nodes of one cluster share a Redis database of their own, so tests don't see each other's history. */
-async function startNodes(count: number): Promise<Node[]> {
+async function startNodes(count: number, args: string[] = ['--history', '1000']): Promise<Node[]> {
   const db = ++clusters;
   const started = await Promise.all(
     Array.from({ length: count }, () =>
       // The tests publish from one address far faster than a per-address rate limit allows.
-      startServeProcess(['--history', '1000'], { HOOKBOT_REDIS_URL: `${redis.url}/${db}`, HOOKBOT_RATE_LIMIT: '0' }),
+      startServeProcess(args, { HOOKBOT_REDIS_URL: `${redis.url}/${db}`, HOOKBOT_RATE_LIMIT: '0' }),
     ),
   );
   nodes.push(...started);
@@ -56,12 +58,69 @@ function wsUrl(node: Node, path: string): string {
 }
 
 async function rawSubscribe(node: Node, path: string): Promise<{ ws: WebSocket; inbox: Inbox }> {
-  const ws = await wsConnect(wsUrl(node, path), { headers: bearer(path) });
+  const ws = await wsConnect(wsUrl(node, path), { headers: bearer(path.split('?')[0]) });
   return { ws, inbox: new Inbox(ws) };
 }
 
 async function publish(node: Node, path: string, body: string | Buffer): Promise<Response> {
   return fetch(node.url + path, { method: 'POST', body: bodyOf(body), headers: bearer(path) });
+}
+
+/** An SSE subscriber: the events as they came. */
+class SseSubscriber {
+  readonly events: Array<{ event?: string; id?: string; data: string }> = [];
+  #abort = new AbortController();
+  #raw = '';
+
+  static async open(node: Node, path: string): Promise<SseSubscriber> {
+    const sub = new SseSubscriber();
+    const res = await fetch(node.url + path, { headers: { accept: 'text/event-stream', ...bearer(path) }, signal: sub.#abort.signal });
+    expect(res.status).toBe(200);
+    void sub.#pump(res);
+    return sub;
+  }
+
+  async #pump(res: Response): Promise<void> {
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of res.body! as unknown as AsyncIterable<Uint8Array>) {
+        this.#raw += decoder.decode(chunk, { stream: true });
+        let end: number;
+        while ((end = this.#raw.indexOf('\n\n')) !== -1) {
+          const block = this.#raw.slice(0, end);
+          this.#raw = this.#raw.slice(end + 2);
+          const e: { event?: string; id?: string; data: string } = { data: '' };
+          const data: string[] = [];
+          for (const line of block.split('\n')) {
+            const colon = line.indexOf(':');
+            if (colon <= 0) continue;
+            const value = line.slice(colon + 1).replace(/^ /, '');
+            const field = line.slice(0, colon);
+            if (field === 'data') data.push(value);
+            else if (field === 'event') e.event = value;
+            else if (field === 'id') e.id = value;
+          }
+          if (data.length === 0) continue;
+          e.data = data.join('\n');
+          this.events.push(e);
+        }
+      }
+    } catch {
+      // aborted
+    }
+  }
+
+  close(): void {
+    this.#abort.abort();
+  }
+}
+
+/** The Redis client ids of the nodes' feed-reading connections (a cluster's nodes use database `db`). */
+async function readLinks(admin: Redis, db: number): Promise<string[]> {
+  return String(await admin.client('LIST'))
+    .split('\n')
+    .filter((l) => / name=hookbot-read-/.test(l) && l.includes(` db=${db} `))
+    .map((l) => /id=(\d+)/.exec(l)![1]);
 }
 
 /**
@@ -71,14 +130,17 @@ async function publish(node: Node, path: string, body: string | Buffer): Promise
 class ResumingSubscriber {
   readonly received: Array<{ id: string; topic: string; body: string }> = [];
   gaps = 0;
+  /** Messages and gaps in the order they came. */
+  readonly events: Array<{ id: string } | { gap: string }> = [];
   connections = 0;
   #last: string | undefined;
   #ws: WebSocket | undefined;
   #path: string;
   dropped = false;
 
-  constructor(path: string) {
+  constructor(path: string, since?: string) {
     this.#path = path;
+    this.#last = since;
   }
 
   /** Connects (resuming after the last id if there is one); resolves once the server says it is live. */
@@ -97,12 +159,14 @@ class ResumingSubscriber {
       });
       ws.on('message', (data: Buffer, binary: boolean) => {
         expect(binary).toBe(false);
-        const frame = JSON.parse(data.toString()) as { type: string; id: string; topic: string; body: string };
+        const frame = JSON.parse(data.toString()) as { type: string; id: string; topic: string; body: string; since?: string };
         if (frame.type === 'message') {
           this.received.push({ id: frame.id, topic: frame.topic, body: frame.body });
+          this.events.push({ id: frame.id });
           this.#last = frame.id;
         } else if (frame.type === 'gap') {
           this.gaps++;
+          this.events.push({ gap: frame.since! });
         } else if (frame.type === 'live') {
           clearTimeout(timer);
           resolve();
@@ -219,6 +283,137 @@ describe('cluster mode (Redis)', () => {
     recursive.close();
   });
 
+  it("loses nothing when the nodes' read links drop under fast publishers (--history 5)", async () => {
+    const [a, b] = await startNodes(2, ['--history', '5']);
+    const db = clusters;
+    const v1 = [new ResumingSubscriber('/sub/drop/x'), new ResumingSubscriber('/sub/drop/x'), new ResumingSubscriber('/sub/drop/'), new ResumingSubscriber('/sub/drop/')];
+    await Promise.all(v1.map((s, i) => s.connect(i % 2 ? b : a)));
+    const raw = await Promise.all([rawSubscribe(a, '/sub/drop/x'), rawSubscribe(b, '/sub/drop/x')]);
+
+    const published: Array<{ id: string; topic: string; body: string }> = [];
+    let publishing = true;
+    // Eight publishers over both nodes, each as fast as it gets answers.
+    const publishers = Array.from({ length: 8 }, async (_, p) => {
+      for (let i = 0; publishing; i++) {
+        const topic = i % 3 === 0 ? 'drop/y' : 'drop/x';
+        const res = await publish(p % 2 ? b : a, `/pub/${topic}`, `p${p}-${i}`);
+        expect(res.status).toBe(200);
+        published.push({ id: res.headers.get('x-hookbot-message-id')!, topic, body: `p${p}-${i}` });
+      }
+    });
+    const admin = new Redis(redis.url);
+    admin.on('error', () => {});
+    try {
+      for (let k = 0; k < 5; k++) {
+        const seen = v1[1].received.length;
+        await eventually(() => v1[1].received.length > seen + 50, 10_000, 'live traffic');
+        const links = await readLinks(admin, db);
+        expect(links.length).toBe(2);
+        for (const id of links) await admin.client('KILL', 'ID', id);
+        // Both nodes read again, on new connections.
+        await eventually(async () => (await readLinks(admin, db)).filter((id) => !links.includes(id)).length === 2, 10_000, 'new read links');
+      }
+    } finally {
+      admin.disconnect();
+      publishing = false;
+      await Promise.all(publishers);
+    }
+    published.sort((p, q) => compareIds(p.id, q.id));
+    const exact = published.filter((p) => p.topic === 'drop/x');
+    await eventually(() => v1.every((s, i) => s.received.length >= (i < 2 ? exact : published).length), 10_000, 'every message');
+    for (const [i, s] of v1.entries()) {
+      expect(s.received.map((m) => m.id)).toEqual((i < 2 ? exact : published).map((m) => m.id));
+      expect(s.gaps).toBe(0);
+    }
+    for (const { inbox } of raw) {
+      await inbox.waitFor(exact.length, 10_000);
+      expect(inbox.texts()).toEqual(exact.map((m) => m.body));
+      expect(inbox.closed).toBeUndefined();
+    }
+    for (const s of v1) s.close();
+    for (const { ws } of raw) ws.close();
+  }, 40_000);
+
+  it('a node that fell further behind than the catch-up window tells every subscriber: 4000, a gap frame, a gap event', async () => {
+    const [a, b] = await startNodes(2, ['--history', '1000', '--catch-up-count', '10']);
+    const raw = await rawSubscribe(b, '/sub/behind/x');
+    const v1 = new ResumingSubscriber('/sub/behind/x');
+    await v1.connect(b);
+    const sse = await SseSubscriber.open(b, '/sub/behind/x');
+    const first = await publish(a, '/pub/behind/x', 'first');
+    expect(first.status).toBe(200);
+    await raw.inbox.waitFor(1);
+    await eventually(() => v1.received.length === 1 && sse.events.some((e) => e.data === 'first'), 5000, 'first everywhere');
+    // Resumed by id (so the broker holds it through a stand-in), recursive: told as well.
+    const resumed = new ResumingSubscriber('/sub/behind/', first.headers.get('x-hookbot-message-id')!);
+    await resumed.connect(b);
+
+    // B stops reading (as if its event loop hung) while 50 messages go by: 10 fit in the window.
+    b.child.kill('SIGSTOP');
+    const sent: string[] = [];
+    try {
+      for (let i = 0; i < 50; i++) {
+        const res = await publish(a, '/pub/behind/x', `m${i}`);
+        expect(res.status).toBe(200);
+        sent.push(res.headers.get('x-hookbot-message-id')!);
+      }
+    } finally {
+      b.child.kill('SIGCONT');
+    }
+
+    expect(await raw.inbox.waitClose(10_000)).toEqual({ code: 4000, reason: 'messages were missed; reconnect with ?since=<last id>' });
+    await eventually(() => v1.gaps === 1 && v1.received.at(-1)?.id === sent.at(-1), 10_000, 'gap and the rest on hookbot.v1');
+    // The gap comes right after the last message B delivered, and what follows is what the window kept.
+    const at = v1.events.findIndex((e) => 'gap' in e);
+    const before = v1.events.slice(0, at).map((e) => (e as { id: string }).id);
+    expect(before).toEqual([first.headers.get('x-hookbot-message-id')!, ...sent].slice(0, before.length));
+    const since = (v1.events[at] as { gap: string }).gap;
+    expect(since).toBe(before.at(-1));
+    expect(v1.events.slice(at + 1).map((e) => (e as { id: string }).id)).toEqual(sent.slice(-10));
+    await eventually(() => sse.events.some((e) => e.event === 'gap') && sse.events.at(-1)?.id === sent.at(-1), 10_000, 'gap on SSE');
+    expect(sse.events.find((e) => e.event === 'gap')!.data).toBe(JSON.stringify({ since }));
+    await eventually(() => resumed.received.at(-1)?.id === sent.at(-1), 10_000, 'the rest on the resumed subscriber');
+    expect(resumed.events.filter((e) => 'gap' in e)).toEqual([{ gap: since }]);
+    resumed.close();
+    // The raw subscriber resumes by id on reconnect and gets the rest; nothing else is closed.
+    const again = await rawSubscribe(b, `/sub/behind/x?since=${since}`);
+    const from = sent.indexOf(since) + 1;
+    await again.inbox.waitFor(50 - from);
+    expect(again.inbox.texts()).toEqual(Array.from({ length: 50 - from }, (_, i) => `m${from + i}`));
+    again.ws.close();
+    v1.close();
+    sse.close();
+  }, 30_000);
+
+  it('answers a repeated Idempotency-Key (or X-GitHub-Delivery) with the original id on every node, and delivers it once', async () => {
+    const [a, b] = await startNodes(2);
+    const subs = await Promise.all([rawSubscribe(a, '/sub/idem/x'), rawSubscribe(b, '/sub/idem/x')]);
+    const post = (node: Node, path: string, body: string, headers: Record<string, string>) =>
+      fetch(node.url + path, { method: 'POST', body, headers: { ...bearer(path.split('?')[0]), ...headers } });
+    const ids: string[] = [];
+    for (const node of [a, b, a]) {
+      const res = await post(node, '/pub/idem/x', 'one', { 'idempotency-key': 'order-1' });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toBe('OK\n');
+      ids.push(res.headers.get('x-hookbot-message-id')!);
+    }
+    expect(new Set(ids).size).toBe(1);
+    const github = { 'x-github-delivery': '72d3162e-cc78-11e3-81ab-4c9367dc0958', 'x-github-event': 'push', 'content-type': 'application/json' };
+    const g1 = await post(b, '/pub/idem/x?extra-metadata=github', '{"ref":"x"}', github);
+    const g2 = await post(a, '/pub/idem/x?extra-metadata=github', '{"ref":"x"}', github);
+    expect([g1.status, g2.status]).toEqual([200, 200]);
+    expect(g2.headers.get('x-hookbot-message-id')).toBe(g1.headers.get('x-hookbot-message-id'));
+    expect((await publish(b, '/pub/idem/x', 'end')).status).toBe(200);
+    for (const { inbox, ws } of subs) {
+      await inbox.waitFor(3);
+      expect(inbox.texts()[0]).toBe('one');
+      expect(inbox.texts()[1]).toContain('72d3162e-cc78-11e3-81ab-4c9367dc0958');
+      expect(inbox.texts()[2]).toBe('end');
+      expect(inbox.messages.length).toBe(3);
+      ws.close();
+    }
+  });
+
   it('answers 503 while Redis is down, never 200-then-lost, and resumes by itself', async () => {
     const [a, b] = await startNodes(2);
     const onA = await rawSubscribe(a, '/sub/outage');
@@ -228,13 +423,19 @@ describe('cluster mode (Redis)', () => {
     const statuses = new Map<number, number>();
     let stop = false;
     let i = 0;
+    // A 503 can come for a publish Redis stored just as it went away (its answer lost): the
+    // publisher retries it with the same Idempotency-Key, as the README says, so it is stored once.
     const publisher = (async () => {
       while (!stop) {
-        const res = await publish(a, '/pub/outage', `m${i++}`);
-        const text = await res.text();
-        statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
-        if (res.status === 200) accepted.push(text === 'OK\n' ? `m${i - 1}` : 'bad body');
-        else {
+        const body = `m${i++}`;
+        for (;;) {
+          const res = await fetch(a.url + '/pub/outage', { method: 'POST', body, headers: { ...bearer('/pub/outage'), 'idempotency-key': body } });
+          const text = await res.text();
+          statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+          if (res.status === 200) {
+            accepted.push(text === 'OK\n' ? body : 'bad body');
+            break;
+          }
           expect(res.status).toBe(503);
           expect(text).toMatch(/^503 Service Unavailable: redis unavailable/);
           await new Promise((r) => setTimeout(r, 20));
@@ -256,11 +457,14 @@ describe('cluster mode (Redis)', () => {
     await eventually(() => accepted.length >= before + 20, 15_000, 'publishes after Redis returned');
     stop = true;
     await publisher;
-    // Every publish answered 200 reached both nodes' subscribers, in order, once.
+    // Every publish answered 200 reached both nodes' subscribers, in order, once (and nothing else did).
     await onA.inbox.waitFor(accepted.length, 10_000);
     await onB.inbox.waitFor(accepted.length, 10_000);
     expect(onA.inbox.texts()).toEqual(accepted);
     expect(onB.inbox.texts()).toEqual(accepted);
+    // Redis kept its data (append-only file), so no node had a gap to report.
+    expect(onA.inbox.closed).toBeUndefined();
+    expect(onB.inbox.closed).toBeUndefined();
     expect((await fetch(`${b.url}/readyz`)).status).toBe(200);
     onA.ws.close();
     onB.ws.close();
@@ -274,6 +478,16 @@ describe('cluster mode (Redis)', () => {
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_REDIS_URL: 'localhost:6379' })).toThrow(ConfigError);
     expect(() => resolveServeConfig({ key: 'k', redis: 'redis://:pw@h:1/db' }, {})).toThrow(/^--redis .*database number/);
     expect(() => resolveServeConfig({ key: 'k', redis: 'redis://:pw@h:1/db' }, {})).not.toThrow(/pw/);
+  });
+
+  it('takes the catch-up window from --catch-up-age/-count/-bytes and names the option when it is bad', () => {
+    expect(resolveServeConfig({ key: 'k' }, {}).catchUp).toEqual({ ageMs: 300_000, count: 100_000, bytes: 64 * 1024 * 1024 });
+    expect(resolveServeConfig({ key: 'k', catchUpAge: '90s', catchUpCount: '500', catchUpBytes: '1MiB' }, {}).catchUp).toEqual({ ageMs: 90_000, count: 500, bytes: 1024 * 1024 });
+    expect(() => resolveServeConfig({ key: 'k', catchUpAge: '10ms' }, {})).toThrow(/^--catch-up-age must be at least 1s$/);
+    expect(() => resolveServeConfig({ key: 'k', catchUpCount: '0' }, {})).toThrow(/^--catch-up-count must be at least 1$/);
+    expect(() => resolveServeConfig({ key: 'k', catchUpCount: 'lots' }, {})).toThrow(/^--catch-up-count must be a whole number/);
+    expect(() => resolveServeConfig({ key: 'k', catchUpBytes: '0' }, {})).toThrow(/^--catch-up-bytes must be at least 1 byte$/);
+    expect(() => resolveServeConfig({ key: 'k', catchUpBytes: 'big' }, {})).toThrow(ConfigError);
   });
 
   it('refuses to start with a malformed --redis URL', async () => {

@@ -5,11 +5,12 @@
  * real server. Test traffic comes from loopback, which is exempt by default,
  * so most servers here start with `limitExempt: ''` or use --trust-proxy.
  */
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { HttpError } from '../src/protocol/errors.js';
-import { addressKey, clientAddress, Limits, RateLimiter, type Slot } from '../src/server/ops/limits.js';
+import { addressKey, clientAddress, Limits, RateLimiter, subscriptionsForFileLimit, type Slot } from '../src/server/ops/limits.js';
 import type { HookbotServer } from '../src/server/server.js';
 import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
@@ -118,7 +119,7 @@ describe('client addresses', () => {
 describe('configuration', () => {
   it('has documented defaults', () => {
     const c = resolveServeConfig({ key: 'k' }, {});
-    expect(c).toMatchObject({ rateLimit: 100, rateLimitBurst: 100, maxSubscribersPerIp: 200, maxSubscriptions: 10_000, trustProxy: 0, limitExempt: ['127.0.0.0/8', '::1/128'] });
+    expect(c).toMatchObject({ rateLimit: 100, rateLimitBurst: 100, maxSubscribersPerIp: 200, maxSubscriptions: subscriptionsForFileLimit(), trustProxy: 0, limitExempt: ['127.0.0.0/8', '::1/128'] });
   });
 
   it('reads flags and environment; a bare --trust-proxy is one proxy', () => {
@@ -328,5 +329,22 @@ describe('subscriber caps', () => {
     } finally {
       await server.close();
     }
+  });
+});
+
+describe('--max-subscriptions default', () => {
+  const limits = (soft: string) => `Limit                     Soft Limit           Hard Limit           Units     \nMax open files            ${soft}                ${soft}                files     \n`;
+
+  it('follows the open-file limit, keeping a tenth (at least 256) back', () => {
+    expect(subscriptionsForFileLimit(limits('20000'))).toBe(18_000);
+    expect(subscriptionsForFileLimit(limits('1048576'))).toBe(943_718);
+    expect(subscriptionsForFileLimit(limits('1024'))).toBe(768);
+    expect(subscriptionsForFileLimit(limits('unlimited'))).toBe(943_718);
+  });
+
+  it('reads this process, and falls back to 10 000 when it cannot', () => {
+    const own = Number(/^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))![1]);
+    expect(subscriptionsForFileLimit()).toBe(own - Math.max(256, Math.ceil(own / 10)));
+    expect(subscriptionsForFileLimit('no such line')).toBe(10_000);
   });
 });

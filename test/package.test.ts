@@ -3,6 +3,7 @@
  * resolves through package.json "exports" to dist/ (built by `npm test`).
  */
 import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { makeToken, resolveServeConfig, startServer, subscribe } from 'hookbot';
 import { ROOT } from './helpers.js';
@@ -67,5 +68,15 @@ describe("import from 'hookbot/client'", () => {
     expect(typeof client.subscribe).toBe('function');
     expect(typeof client.Message).toBe('function');
     expect(typeof client.SubscribeError).toBe('function');
+  });
+});
+
+describe('the npm package', () => {
+  it("ships the Redis backend's Lua scripts beside its code in dist/", () => {
+    const scripts = readdirSync(new URL('../src/server/backends/redis-lua/', import.meta.url)).filter((f) => f.endsWith('.lua'));
+    expect(scripts.length).toBeGreaterThan(0);
+    const packed = JSON.parse(execFileSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as Array<{ files: Array<{ path: string }> }>;
+    const files = packed[0].files.map((f) => f.path);
+    for (const name of scripts) expect(files).toContain(`dist/server/backends/redis-lua/${name}`);
   });
 });

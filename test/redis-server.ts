@@ -1,9 +1,15 @@
 /**
- * A real `redis-server` for tests: on a free port, no persistence, stoppable
- * and restartable on the same port so tests can take Redis away and back.
+ * A real `redis-server` for tests: on a free port, stoppable and restartable on
+ * the same port so tests can take Redis away and back. No persistence unless
+ * asked for; `persistent` keeps an append-only file fsynced before every answer
+ * (in a temporary directory), so a restart, even after SIGKILL, keeps every
+ * write Redis acknowledged.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -36,13 +42,19 @@ function ping(port: number, timeoutMs = 500): Promise<boolean> {
   });
 }
 
+export interface RedisServerOptions {
+  persistent?: boolean;
+}
+
 export class RedisServer {
   readonly port: number;
   #proc: ChildProcess | undefined;
   #stderr = '';
+  #dir: string | undefined;
 
-  constructor(port: number) {
+  constructor(port: number, options: RedisServerOptions = {}) {
     this.port = port;
+    if (options.persistent) this.#dir = mkdtempSync(join(tmpdir(), 'hookbot-redis-'));
   }
 
   get url(): string {
@@ -58,7 +70,10 @@ export class RedisServer {
     if (this.#proc) throw new Error('redis-server already running');
     const proc = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--loglevel', 'warning'],
+      [
+        '--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--loglevel', 'warning',
+        ...(this.#dir ? ['--appendonly', 'yes', '--appendfsync', 'always', '--dir', this.#dir] : ['--appendonly', 'no']),
+      ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     this.#proc = proc;
@@ -103,16 +118,23 @@ export class RedisServer {
     await this.stop();
     await this.start();
   }
+
+  /** Stops it and deletes its files for good. */
+  async destroy(): Promise<void> {
+    await this.stop('SIGKILL');
+    if (this.#dir) rmSync(this.#dir, { recursive: true, force: true });
+  }
 }
 
 /** A running redis-server on a free port. */
-export async function startRedis(): Promise<RedisServer> {
+export async function startRedis(options: RedisServerOptions = {}): Promise<RedisServer> {
   for (let attempt = 0; ; attempt++) {
-    const server = new RedisServer(await freePort());
+    const server = new RedisServer(await freePort(), options);
     try {
       await server.start();
       return server;
     } catch (err) {
+      await server.destroy();
       // Another process may have taken the port between freePort() and the bind.
       if (attempt >= 2) throw err;
     }

@@ -349,10 +349,11 @@ describe('github router', () => {
         router: 'github',
         delivery: 'forged-1',
         event: 'push',
-        repo: 'Codertocat/Hello-World',
         reason: 'sha256 signature does not match any secret',
       }),
     ]);
+    // Verified first: a forgery's payload is never parsed, so the repository it claims is never logged.
+    expect(host.drops()[0]).not.toHaveProperty('repo');
     const text = host.allLogText();
     expect(text).not.toContain(SECRET);
     expect(text).not.toContain(msg.headers['x-hub-signature-256'].slice(7));
@@ -625,9 +626,10 @@ describe('gitlab router', () => {
     await router.handle(gitlabFeed(gitlabPush, { token: null, uuid: 'no-tok' }));
     expect(host.published).toEqual([]);
     expect(host.counts).toEqual({ 'gitlab.failed': 2 });
+    // Verified first: an unauthenticated payload is never parsed, so its project is unknown.
     expect(host.drops().map((d) => [d.delivery, d.repo, d.reason])).toEqual([
-      ['bad-tok', 'mike/diaspora', 'X-Gitlab-Token does not match any configured token'],
-      ['no-tok', 'mike/diaspora', expect.stringMatching(/missing X-Gitlab-Token/)],
+      ['bad-tok', undefined, 'X-Gitlab-Token does not match any configured token'],
+      ['no-tok', undefined, expect.stringMatching(/missing X-Gitlab-Token/)],
     ]);
     expect(host.allLogText()).not.toContain('guess');
     expect(host.allLogText()).not.toContain(TOKEN);

@@ -266,7 +266,9 @@ describe('serve --router', () => {
       expect(JSON.parse(m.data.toString()).SHA).toBe(sha('d'));
       // The forged delivery was logged with its reason, and without any signature.
       const line = await proc.waitForLine(/github delivery dropped/);
-      expect(JSON.parse(line)).toMatchObject({ router: 'github', repo: REPO, reason: 'sha256 signature does not match any secret' });
+      expect(JSON.parse(line)).toMatchObject({ router: 'github', feed: '/unsafe/github.com/org/Codertocat', reason: 'sha256 signature does not match any secret' });
+      // Verified first: the forged payload was never parsed, so no repository is claimed for it.
+      expect(JSON.parse(line)).not.toHaveProperty('repo');
       expect(line).not.toMatch(/sha(1|256)=/);
     } finally {
       proc.child.kill('SIGTERM');

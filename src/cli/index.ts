@@ -12,6 +12,7 @@ import { registerMakeTokens } from './make-tokens.js';
 import { registerNewChannel } from './new-channel.js';
 import { addGlobalOptions } from './options.js';
 import { registerServe } from './serve.js';
+import { registerRouteGithub } from './route-github.js';
 import { registerSub } from './sub.js';
 
 /** This package's version (dist/cli/index.js → package.json). */
@@ -32,7 +33,7 @@ export function buildProgram(): Command {
   registerServe(program);
   registerMakeTokens(program);
   registerNewChannel(program);
-  // TODO(lead): register route-github here once its branch is merged: `registerRouteGithub(program);` (import from './route-github.js').
+  registerRouteGithub(program);
   registerSub(program);
   registerForward(program);
 

@@ -146,6 +146,8 @@ export class Broker {
           sub.send(m);
         }
       },
+      // The stand-in is what sits in the index, so it is what the node's loss notice reaches.
+      lost: (id) => sub.lost?.(id),
     };
     this.#standIns.set(sub, standIn);
     this.#index.add(sub.topic, standIn);

@@ -7,8 +7,10 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Retention } from './backends/backend.js';
-import type { LimitsConfig } from './ops/limits.js';
+import type { CatchUpWindow } from './backends/redis.js';
+import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
+import { ROUTERS } from './routers/registry.js';
 
 export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parsePublicUrl, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
 export type { Bind, ServeOptions, ServeValues } from './options.js';
@@ -43,6 +45,8 @@ export interface Config extends LimitsConfig {
   dedupeWindowMs: number;
   /** When set, /metrics requires `Authorization: Bearer <it>` (never logged). */
   metricsToken?: string;
+  /** Cluster mode: how far a node may fall behind the shared feed and still deliver everything. */
+  catchUp: CatchUpWindow;
   /** Time a client has to send its request headers (408 after). */
   headerTimeoutMs: number;
   /** Time a publisher has to send its body once the headers are in (408 after). */
@@ -70,7 +74,7 @@ function limits(v: ServeValues): LimitsConfig {
     rateLimit: v.rateLimit,
     rateLimitBurst,
     maxSubscribersPerIp: v.maxSubscribersPerIp,
-    maxSubscriptions: v.maxSubscriptions,
+    maxSubscriptions: v.maxSubscriptions ?? LIMIT_DEFAULTS.maxSubscriptions,
     maxConnectionsPerIp: v.maxConnectionsPerIp,
     maxBodyInFlight: v.maxBodyInFlight,
     trustProxy: v.trustProxy,
@@ -80,11 +84,10 @@ function limits(v: ServeValues): LimitsConfig {
 
 /** A router that could not verify anything refuses to start. */
 function routers(v: ServeValues): Pick<Config, 'routers' | 'githubSecrets' | 'gitlabTokens' | 'dedupeWindowMs'> {
-  if (v.router.includes('github') && v.githubSecret.length === 0) {
-    throw new ConfigError('--router github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
-  }
-  if (v.router.includes('gitlab') && v.gitlabToken.length === 0) {
-    throw new ConfigError('--router gitlab needs the GitLab webhook secret token: set HOOKBOT_GITLAB_TOKEN or pass --gitlab-token (comma-separate several to rotate)');
+  for (const { name, secret } of ROUTERS) {
+    if (v.router.includes(name) && v[secret.option].length === 0) {
+      throw new ConfigError(`--router ${name} needs ${secret.what}: set ${secret.env} or pass ${secret.flag} (comma-separate several to rotate)`);
+    }
   }
   return { routers: v.router, githubSecrets: v.githubSecret, gitlabTokens: v.gitlabToken, dedupeWindowMs: v.dedupeWindow };
 }
@@ -119,6 +122,7 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     ...routers(v),
     ...limits(v),
     ...(v.metricsToken ? { metricsToken: v.metricsToken } : {}),
+    catchUp: { ageMs: v.catchUpAge, count: v.catchUpCount, bytes: v.catchUpBytes },
     headerTimeoutMs: v.headerTimeout,
     bodyTimeoutMs: v.bodyTimeout,
     idleTimeoutMs: v.idleTimeout,

@@ -10,9 +10,9 @@
  * server reads it.
  */
 import { DEFAULT_RETENTION } from './backends/backend.js';
-import { checkRedisUrl } from './backends/redis.js';
+import { checkRedisUrl, DEFAULT_CATCH_UP } from './backends/redis.js';
 import { exemptList, LIMIT_DEFAULTS } from './ops/limits.js';
-import { ROUTER_NAMES } from './routers/index.js';
+import { ROUTER_NAMES } from './routers/registry.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -173,7 +173,7 @@ export const SERVE_OPTIONS = {
     flags: '--key <key>',
     env: 'HOOKBOT_KEY',
     global: true,
-    help: 'HMAC key for tokens; required',
+    help: 'HMAC key for tokens; required (serve, make-tokens, route-github)',
     parse: text,
   },
   sslkey: {
@@ -277,6 +277,30 @@ export const SERVE_OPTIONS = {
       return url;
     },
   },
+  catchUpAge: {
+    kind: 'value',
+    flags: '--catch-up-age <duration>',
+    env: 'HOOKBOT_CATCH_UP_AGE',
+    default: formatDuration(DEFAULT_CATCH_UP.ageMs),
+    help: 'cluster mode: how long a node may be cut off from Redis (or behind) and still deliver everything',
+    parse: atLeast(1000, '1s', parseDuration),
+  },
+  catchUpCount: {
+    kind: 'value',
+    flags: '--catch-up-count <n>',
+    env: 'HOOKBOT_CATCH_UP_COUNT',
+    default: String(DEFAULT_CATCH_UP.count),
+    help: 'cluster mode: messages a node may fall behind and still deliver everything',
+    parse: atLeast(1, '1', parseCount),
+  },
+  catchUpBytes: {
+    kind: 'value',
+    flags: '--catch-up-bytes <size>',
+    env: 'HOOKBOT_CATCH_UP_BYTES',
+    default: formatSize(DEFAULT_CATCH_UP.bytes),
+    help: 'cluster mode: bytes of messages (counted as for history) a node may fall behind and still deliver everything',
+    parse: atLeast(1, '1 byte', parseSize),
+  },
   pingInterval: {
     kind: 'value',
     flags: '--ping-interval <duration>',
@@ -320,7 +344,7 @@ export const SERVE_OPTIONS = {
     env: 'HOOKBOT_GITHUB_SECRET',
     global: true,
     defaultText: 'none',
-    help: 'GitHub webhook secret(s) that delivery signatures are verified with (serve --router github), comma-separated to rotate',
+    help: 'GitHub webhook secret(s) that delivery signatures are verified with (serve --router github, route-github), comma-separated to rotate',
     parse: words,
   },
   gitlabToken: {
@@ -336,7 +360,7 @@ export const SERVE_OPTIONS = {
     flags: '--dedupe-window <duration>',
     env: 'HOOKBOT_DEDUPE_WINDOW',
     default: '1h',
-    help: 'how long routers remember delivery ids, so a redelivery is re-published once',
+    help: 'how long routers remember delivery ids, and publishes their Idempotency-Key, so a redelivery is published once',
     parse: parseDuration,
   },
   metricsToken: {
@@ -375,7 +399,8 @@ export const SERVE_OPTIONS = {
     kind: 'value',
     flags: '--max-subscriptions <n>',
     env: 'HOOKBOT_MAX_SUBSCRIPTIONS',
-    default: String(LIMIT_DEFAULTS.maxSubscriptions),
+    // Derived from this machine's open-file limit (LIMIT_DEFAULTS), so --help names the rule, not a number.
+    defaultText: 'open-file limit less a tenth',
     help: 'concurrent subscriptions on this server, 503 beyond; 0 disables',
     parse: parseCount,
   },

@@ -43,7 +43,9 @@ export interface HookbotServer {
 const CLOSE_GRACE_MS = 2000;
 
 export function createBackend(config: Config, log?: Logger): Backend {
-  if (config.redisUrl) return new RedisBackend(config.redisUrl, config.retention, log?.child({ backend: 'redis' }));
+  if (config.redisUrl) {
+    return new RedisBackend(config.redisUrl, config.retention, log?.child({ backend: 'redis' }), { catchUp: config.catchUp, idempotencyWindowMs: config.dedupeWindowMs });
+  }
   return new MemoryBackend(config.retention, Date.now, { windowMs: config.dedupeWindowMs });
 }
 

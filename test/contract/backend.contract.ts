@@ -262,6 +262,21 @@ export function backendContract(name: string, make: MakeBackend): void {
       ]);
     });
 
+    it('stores a publish repeating an idempotency key once and answers with the original id', async () => {
+      const { backend, received } = await open();
+      const first = await backend.publish('idem/x', { 'content-type': 'text/plain' }, Buffer.from('one'), { idempotencyKey: 'delivery-1' });
+      const again = await backend.publish('idem/x', { 'content-type': 'text/plain' }, Buffer.from('one'), { idempotencyKey: 'delivery-1' });
+      expect(again.id).toBe(first.id);
+      // Keys are per topic; publishes without one are never merged.
+      const elsewhere = await backend.publish('idem/y', {}, Buffer.from('one'), { idempotencyKey: 'delivery-1' });
+      const plain = [await backend.publish('idem/x', {}, Buffer.from('p')), await backend.publish('idem/x', {}, Buffer.from('p'))];
+      expect(new Set([first.id, elsewhere.id, plain[0].id, plain[1].id]).size).toBe(4);
+      await waitFor(() => received.length >= 4, 5000, 'deliveries');
+      await new Promise((r) => setImmediate(r));
+      expect(received.map((m) => m.id)).toEqual([first.id, elsewhere.id, plain[0].id, plain[1].id]);
+      expect((await backend.history('idem/x')).messages.map((m) => m.id)).toEqual([first.id, plain[0].id, plain[1].id]);
+    });
+
     it('rejects publishes after close', async () => {
       const { backend } = await open();
       await backend.publish('z', {}, Buffer.from('before'));

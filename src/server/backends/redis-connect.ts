@@ -14,7 +14,6 @@
  *       (default port 6379; any few nodes serve as seeds, the rest is discovered)
  */
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
-import { backoffDelay } from '../../util/backoff.js';
 
 export interface HostPort {
   host: string;
@@ -148,17 +147,8 @@ function parseHosts(list: string, defaultPort: number, shown: string): HostPort[
  * A connection for `url`. `options` are the plain ioredis options the caller
  * wants on every link (timeouts, offline queue, retryStrategy, name); this
  * maps them onto Sentinel or Cluster.
- *
- * role 'subscriber' always returns a plain Redis connection: pub/sub needs one
- * link whose drops the caller can see (its 'close'/'ready' events drive
- * catch-up). On a cluster, PUBLISH reaches every node, so it connects to any
- * node and moves to the next one (of `peersOf`'s known nodes and the URL's
- * seeds) on each reconnect; ioredis's own Cluster subscriber would fail over
- * silently and hide the gap.
  */
-export function connectRedis(url: string, options: RedisOptions, role: 'subscriber', peersOf?: RedisConnection): Redis;
-export function connectRedis(url: string, options: RedisOptions, role?: 'command'): RedisConnection;
-export function connectRedis(url: string, options: RedisOptions, role: 'command' | 'subscriber' = 'command', peersOf?: RedisConnection): RedisConnection {
+export function connectRedis(url: string, options: RedisOptions): RedisConnection {
   const target = parseRedisUrl(url);
   if (target.kind === 'standalone') return new Redis(url, options);
   if (target.kind === 'sentinel') {
@@ -183,29 +173,6 @@ export function connectRedis(url: string, options: RedisOptions, role: 'command'
   }
 
   const auth = { username: target.username, password: target.password, ...(target.tls ? { tls: {} } : {}) };
-  if (role === 'subscriber') {
-    const seeds = target.nodes;
-    const retry = options.retryStrategy;
-    const sub: Redis = new Redis({
-      ...options,
-      ...auth,
-      host: seeds[0].host,
-      port: seeds[0].port,
-      retryStrategy: (times) => {
-        const known = peersOf instanceof Cluster ? peersOf.nodes('all').map((n) => ({ host: String(n.options.host), port: Number(n.options.port) })) : [];
-        const candidates = unique([...seeds, ...known]);
-        // The node after the one that just failed us, so a dead node is not retried forever.
-        const at = candidates.findIndex((c) => c.host === sub.options.host && c.port === sub.options.port);
-        const next = candidates[(at + 1) % candidates.length];
-        // ioredis reads host and port from its options object on every connect.
-        sub.options.host = next.host;
-        sub.options.port = next.port;
-        return retry ? retry(times) : backoffDelay(times - 1, { minMs: 50, maxMs: 2000, jitter: 0.5 });
-      },
-    });
-    return sub;
-  }
-
   const { retryStrategy, enableOfflineQueue, lazyConnect, ...nodeOptions } = options;
   const clusterOptions: ClusterOptions = {
     redisOptions: { ...nodeOptions, ...auth },
@@ -220,14 +187,4 @@ export function connectRedis(url: string, options: RedisOptions, role: 'command'
   // With TLS, keep host names: certificates name hosts, not addresses.
   if (target.tls) clusterOptions.dnsLookup = (address, callback) => callback(null, address);
   return new Cluster(target.nodes, clusterOptions);
-}
-
-function unique(list: HostPort[]): HostPort[] {
-  const seen = new Set<string>();
-  return list.filter((h) => {
-    const key = `${h.host}:${h.port}`;
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
 }

@@ -6,41 +6,65 @@
  * slot and also work on Redis Cluster; keys built inside the scripts, such as
  * a topic's index, carry the same leading tag):
  *   {ns}:lastid        the last id handed out, for every topic and node
- *   {ns}:log           stream of every retained message (topic, headers, body, time);
- *                      the one copy of each body, read for recursive replay and catch-up
- *   {ns}:t:<topic>     per-topic stream holding only ids and body lengths (the topic's
+ *   {ns}:feed          stream of every message (topic, headers, body, time, previous id),
+ *                      what every node reads to deliver; kept for the catch-up window
+ *   {ns}:feed-index    the same ids with each message's stored size, so trimming the
+ *                      feed never reads bodies; {ns}:feed-bytes is their sum
+ *   {ns}:feed-trimmed  newest id trimmed from the feed; {ns}:feed-due when its head ages out
+ *   {ns}:cursors       hash node -> "<last id it read> <ms>", what trimming waits for
+ *                      (and `*since`: when the set began, see cursor.lua)
+ *   {ns}:log           stream of every retained message (history): the copy read for
+ *                      recursive replay
+ *   {ns}:t:<topic>     per-topic stream holding only ids and stored sizes (the topic's
  *                      index), trimmed by the per-topic count and byte limits
- *   {ns}:bytes         hash topic -> retained body bytes
+ *   {ns}:bytes         hash topic -> retained bytes (storedSize)
  *   {ns}:trimmed       hash topic -> newest id trimmed from it, for gap detection
- *   {ns}:total         retained body bytes over all topics
+ *   {ns}:total         retained bytes over all topics (storedSize of each message)
  *   {ns}:expire-at     when the log's head is due for age expiry (saves reading it per publish)
- *   channel <ns>:fanout  one pub/sub channel carrying every message
+ *   {ns}:idem, {ns}:idem-at  publishers' idempotency keys -> original id, and when stored
  *
  * Topic names go into key names verbatim: Redis keys are binary-safe, nothing
  * here uses them as SCAN/KEYS glob patterns, and the hash tag is always the
  * leading `{ns}`, so no topic (not even `/unsafe/{x}*`) can change the slot or
  * collide with another key.
  *
- * Publishing is one Lua script: it takes the id from Redis TIME and the global
- * last id, appends to the log and the topic index, trims, and PUBLISHes — all
- * atomically, so pub/sub order is id order on every node.
+ * Publishing is one Lua script (src/server/backends/redis-lua/): it checks the
+ * idempotency key, takes the id from Redis TIME and the global last id,
+ * appends to history and to the feed, and trims, all atomically.
+ *
+ * Delivery: each node reads the feed itself (XREAD BLOCK from the last id it
+ * delivered), on a connection of its own, instead of pub/sub. Delivery after a
+ * dropped link, after a Redis restart or a Cluster failover is then the same
+ * read from the same id: nothing depends on a PUBLISH reaching a node, or on
+ * per-topic history still holding what a node missed. Every feed entry names
+ * the id before it, so a reader that finds a different one knows entries were
+ * trimmed (it fell further behind than the catch-up window) or lost (Redis lost
+ * data) and tells its subscribers, never delivering past a silent hole.
  *
  * Limits worth knowing:
- * - Byte limits count body bytes exactly, but Redis memory is higher: headers,
- *   stream overhead, and entries deleted from the middle of a stream node
- *   (per-topic trimming) are only freed once their whole node (≤ 4 KiB or 100
- *   entries by default) is gone.
- * - A node that lost its pub/sub link catches up from the log, so it can only
- *   catch up on what history still retains (with history off, the newest
- *   catchUpCount messages up to catchUpAgeMs old).
+ * - Byte limits of history count body bytes exactly, but Redis memory is
+ *   higher: headers, stream overhead, and entries deleted from the middle of a
+ *   stream node (per-topic trimming) are only freed once their whole node
+ *   (≤ 4 KiB or 100 entries by default) is gone. The feed counts storedSize().
  * - {ns}:trimmed keeps one small field per topic that ever lost a message, so
  *   resumes on long-gone topics still learn about gaps; it is not bounded.
- * - All nodes must run with the same retention settings.
+ * - All nodes must run with the same retention and catch-up settings.
  */
+import { randomUUID } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
-import type { Redis, RedisOptions } from 'ioredis';
+import { readFileSync } from 'node:fs';
+import type { RedisOptions } from 'ioredis';
 import { checkRedisUrl, connectRedis, type RedisConnection } from './redis-connect.js';
-import { BackendUnavailableError, historyEnabled, type Backend, type HistoryResult, type Retention } from './backend.js';
+import {
+  BackendUnavailableError,
+  historyEnabled,
+  storedSize,
+  type Backend,
+  type HistoryResult,
+  type PublishOptions,
+  type Retention,
+} from './backend.js';
+import { DEFAULT_IDEMPOTENCY_MAX_KEYS, DEFAULT_IDEMPOTENCY_WINDOW_MS, idempotencyScope } from './idempotency.js';
 import { compareIds, Message, type Headers } from '../../protocol/message.js';
 import { backoffDelay } from '../../util/backoff.js';
 
@@ -52,213 +76,142 @@ export interface LogLike {
   error(obj: object, msg?: string): void;
 }
 
+/**
+ * How far behind a node may fall (or how long its Redis link may be down) and
+ * still deliver every message: the feed keeps each message at least until every
+ * live node has read it, but never beyond any of these. Independent of history.
+ */
+export interface CatchUpWindow {
+  ageMs: number;
+  count: number;
+  /** Counted with storedSize(), like history. */
+  bytes: number;
+}
+
+export const DEFAULT_CATCH_UP: CatchUpWindow = { ageMs: 5 * 60_000, count: 100_000, bytes: 64 * 1024 * 1024 };
+
 export interface RedisBackendOptions {
-  /** Key and channel namespace, so several hookbot clusters can share one Redis. */
+  /** Key namespace, so several hookbot clusters can share one Redis. */
   namespace?: string;
   /** Reject a command Redis has not answered within this long (a hung Redis). */
   commandTimeoutMs?: number;
   /** First and longest pause between reconnect attempts (exponential backoff with jitter between them). */
   minReconnectDelayMs?: number;
   maxReconnectDelayMs?: number;
-  /**
-   * With history disabled the log still keeps about this many of the newest
-   * messages, none older than catchUpAgeMs, so a node whose pub/sub link
-   * blinked can catch up.
-   */
-  catchUpCount?: number;
-  catchUpAgeMs?: number;
+  catchUp?: Partial<CatchUpWindow>;
+  /** How long a publisher's idempotency key is remembered (--dedupe-window); 0 ignores keys. */
+  idempotencyWindowMs?: number;
+  /** Idempotency keys kept at most (the oldest go first). */
+  idempotencyMaxKeys?: number;
 }
 
 const silent: LogLike = { debug() {}, info() {}, warn() {}, error() {} };
 
-// Shared by the scripts below. KEYS[1..5] are always log, bytes, trimmed, total,
-// expire-at; ARGV[1] is the prefix of per-topic index keys.
-const LUA_COMMON = `
-local LOG, BYTES, TRIMMED, TOTAL, EXPAT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local TPREFIX = ARGV[1]
+/** Feed entries one read returns at most. */
+const READ_COUNT = 500;
+/** How long one XREAD waits for new entries before asking again. */
+const BLOCK_MS = 5000;
+/** How often a node refreshes its cursor (and trims what every node has read). */
+const CURSOR_INTERVAL_MS = 1000;
+/** A cursor silent for this long (or the catch-up age, if longer) belongs to a node that is gone. */
+const MIN_CURSOR_TTL_MS = 10_000;
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+const SCRIPT_DIR = new URL('./redis-lua/', import.meta.url);
+let scripts: Record<'publish' | 'expire' | 'history' | 'cursor', string> | undefined;
 
-local function field(fields, name)
-  for i = 1, #fields, 2 do
-    if fields[i] == name then return fields[i + 1] end
-  end
-  return nil
-end
-
--- Removes one retained message from the log and its topic index, and
--- remembers it as trimmed so a resume from before it learns about the gap.
-local function drop(topic, id, len)
-  redis.call('XDEL', LOG, id)
-  local tkey = TPREFIX .. topic
-  redis.call('XDEL', tkey, id)
-  redis.call('HSET', TRIMMED, topic, id)
-  redis.call('DECRBY', TOTAL, len)
-  if redis.call('XLEN', tkey) == 0 then
-    redis.call('DEL', tkey)
-    redis.call('HDEL', BYTES, topic)
-  else
-    redis.call('HINCRBY', BYTES, topic, -len)
-  end
-end
-
--- The log's head is always the oldest retained message anywhere (per-topic
--- trimming deletes from the log too), so age and total-size eviction only
--- ever look at the head. It remembers when the head it kept will be due
--- (EXPAT), so a publish need not read the head (and its body) every time.
-local function expire(now, age_ms, total_bytes)
-  local cutoff = now - age_ms
-  local total = tonumber(redis.call('GET', TOTAL) or '0')
-  while true do
-    local head = redis.call('XRANGE', LOG, '-', '+', 'COUNT', 1)[1]
-    if not head then
-      redis.call('DEL', EXPAT)
-      break
-    end
-    local fields = head[2]
-    local time = tonumber(field(fields, 'm'))
-    if time > cutoff and total <= total_bytes then
-      redis.call('SET', EXPAT, string.format('%.0f', time + age_ms))
-      break
-    end
-    local len = string.len(field(fields, 'b'))
-    drop(field(fields, 't'), head[1], len)
-    total = total - len
-  end
-end
-
--- Per-topic trimming only removes entries newer than the head it looked at, so
--- EXPAT can only be early, never late; being early just costs one look.
-local function maybe_expire(now, age_ms, total_bytes)
-  local due = tonumber(redis.call('GET', EXPAT) or '0')
-  if now >= due or tonumber(redis.call('GET', TOTAL) or '0') > total_bytes then
-    expire(now, age_ms, total_bytes)
-  end
-end
-`;
-
-// KEYS: log, bytes, trimmed, total, expire-at, lastid, topic index
-// ARGV: tprefix, topic, headers JSON, body, channel, enabled, count, bytes, ageMs, totalBytes, catchUpCount, catchUpAgeMs
-const LUA_PUBLISH = `${LUA_COMMON}
-local LASTID, TKEY = KEYS[6], KEYS[7]
-local topic, headers, body, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now = now_ms()
-local ms, seq = now, 0
-local last = redis.call('GET', LASTID)
-if last then
-  local dash = string.find(last, '-', 1, true)
-  local last_ms = tonumber(string.sub(last, 1, dash - 1))
-  -- Never go backwards, even if the Redis clock does.
-  if last_ms >= now then
-    ms = last_ms
-    seq = tonumber(string.sub(last, dash + 1)) + 1
-  end
-end
-local id = string.format('%.0f-%.0f', ms, seq)
-local time = string.format('%.0f', now)
-redis.call('SET', LASTID, id)
-local len = string.len(body)
-if ARGV[6] == '1' then
-  redis.call('XADD', LOG, id, 't', topic, 'h', headers, 'b', body, 'm', time)
-  redis.call('XADD', TKEY, id, 'n', len)
-  local tbytes = redis.call('HINCRBY', BYTES, topic, len)
-  redis.call('INCRBY', TOTAL, len)
-  local count, max_bytes = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local n = redis.call('XLEN', TKEY)
-  while n > count or (tbytes > max_bytes and n > 0) do
-    local head = redis.call('XRANGE', TKEY, '-', '+', 'COUNT', 1)[1]
-    local hlen = tonumber(head[2][2])
-    drop(topic, head[1], hlen)
-    n = n - 1
-    tbytes = tbytes - hlen
-  end
-  maybe_expire(now, tonumber(ARGV[9]), tonumber(ARGV[10]))
-else
-  redis.call('XADD', LOG, 'MAXLEN', '~', ARGV[11], id, 't', topic, 'h', headers, 'b', body, 'm', time)
-  redis.call('XTRIM', LOG, 'MINID', '~', string.format('%.0f', now - tonumber(ARGV[12])))
-end
-redis.call('PUBLISH', channel,
-  string.format('%s\\n%s\\n%d\\n%d\\n', id, time, string.len(topic), string.len(headers)) .. topic .. headers .. body)
-return {id, time}
-`;
-
-// KEYS: log, bytes, trimmed, total, expire-at   ARGV: tprefix, ageMs, totalBytes
-const LUA_EXPIRE = `${LUA_COMMON}
-maybe_expire(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[3]))
-return 1
-`;
-
-// KEYS: log, bytes, trimmed, total, expire-at, topic index
-// ARGV: tprefix, ageMs, totalBytes, topic, start ('-' or '(<id>'), limit (0 = all)
-// Returns {trimmed-up-to or '', 1 if limit cut some, {log entries}}.
-const LUA_HISTORY = `${LUA_COMMON}
-maybe_expire(now_ms(), tonumber(ARGV[2]), tonumber(ARGV[3]))
-local TKEY, topic, start, limit = KEYS[6], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local ids
-local cut = 0
-if limit > 0 then
-  local rev = redis.call('XREVRANGE', TKEY, '+', start, 'COUNT', limit + 1)
-  if #rev > limit then
-    cut = 1
-    rev[#rev] = nil
-  end
-  ids = {}
-  for i = #rev, 1, -1 do ids[#ids + 1] = rev[i] end
-else
-  ids = redis.call('XRANGE', TKEY, start, '+')
-end
-local out = {}
-for _, e in ipairs(ids) do
-  local m = redis.call('XRANGE', LOG, e[1], e[1])[1]
-  if m then out[#out + 1] = m end
-end
-return {redis.call('HGET', TRIMMED, topic) or '', cut, out}
-`;
+/**
+ * The Lua scripts, read once: src/ and dist/ both hold them beside this file
+ * (`npm run build` copies them), so tests, the CLI and the package find them.
+ */
+function loadScripts(): NonNullable<typeof scripts> {
+  if (scripts) return scripts;
+  const read = (name: string): string => {
+    try {
+      return readFileSync(new URL(`${name}.lua`, SCRIPT_DIR), 'utf8');
+    } catch (err) {
+      throw new Error(`cannot read the Redis script ${name}.lua in ${SCRIPT_DIR.pathname}: ${(err as Error).message} (npm run build copies src/**/*.lua to dist/)`);
+    }
+  };
+  // Redis scripts cannot include files: each one is sent with the shared part in front.
+  const common = read('common');
+  const script = (name: string) => `${common}\n${read(name)}`;
+  scripts = { publish: script('publish'), expire: script('expire'), history: script('history'), cursor: script('cursor') };
+  return scripts;
+}
 
 type Arg = string | Buffer | number;
 type ScriptedRedis = RedisConnection & {
-  hookbotPublish(...args: Arg[]): Promise<[string, string]>;
+  hookbotPublish(...args: Arg[]): Promise<[string, string, number]>;
   hookbotExpire(...args: Arg[]): Promise<number>;
   hookbotHistoryBuffer(...args: Arg[]): Promise<[Buffer, number, LogEntry[]]>;
+  hookbotCursor(...args: Arg[]): Promise<[string, string, string]>;
 };
 type LogEntry = [Buffer, Buffer[]];
+type XReadReply = Array<[Buffer, LogEntry[]]> | null;
+
+/** KEYS every script starts with (see common.lua); its own KEYS follow, then the common ARGV, then its own. */
+const COMMON_KEYS = 12;
 
 const PAGE = 500;
+
+export interface RedisBackendStats {
+  /** Times the node (re)attached to the feed after its read link failed. */
+  reattaches: number;
+  /** Entries the first read after each re-attach returned: what accumulated while the link was down. */
+  caughtUp: number;
+  /** Times this node told its subscribers it missed messages. */
+  lost: number;
+  duplicatesDropped: number;
+}
 
 export class RedisBackend implements Backend {
   readonly name = 'redis';
   #retention: Retention;
   #enabled: boolean;
   #log: LogLike;
-  #catchUpCount: number;
-  #catchUpAgeMs: number;
   #cmd: ScriptedRedis;
-  #sub: Redis;
-  #keys: { log: string; bytes: string; trimmed: string; total: string; expat: string; lastid: string; topicPrefix: string; channel: string };
+  /** Blocks in XREAD, so it has a connection (or Cluster) of its own. */
+  #reader: RedisConnection;
+  #keys: {
+    log: string; bytes: string; trimmed: string; total: string; expat: string; topicPrefix: string;
+    feed: string; cursors: string; lastid: string; idem: string; idemAt: string;
+  };
+  /** The first KEYS and the first ARGV of every script, built once. */
+  #commonKeys: string[];
+  #commonArgs: Arg[];
+  #idempotencyWindowMs: number;
+  #idempotencyMaxKeys: number;
+  readonly #nodeId = randomUUID();
   #listener: (m: Message) => void = () => {};
+  #lostListeners: Array<(afterId: string) => void> = [];
   #readyListeners: Array<(ready: boolean) => void> = [];
   #lastReady = false;
-  /** Id of the last message handed to the listener: the catch-up point after a lost link. */
+  /** Id of the last feed entry handed to the listener: where reading resumes. Undefined until first attached. */
   #lastDelivered: string | undefined;
-  /** True while pub/sub messages go straight to the listener; false while (re)subscribing and catching up. */
-  #live = false;
-  #pending: Message[] = [];
-  /** Bumped on every (re)subscribe so a stale catch-up stops. */
-  #generation = 0;
+  /** False after a read failed, until the cursor is registered (and checked) again. */
+  #attached = false;
+  /** Whether the next entry must name #lastDelivered as its predecessor (off right after a reported loss). */
+  #checkChain = true;
+  #firstReadAfterAttach = false;
+  #cursorTimer: NodeJS.Timeout | undefined;
   #expireTimer: NodeJS.Timeout | undefined;
   #closed = false;
-  #stats = { caughtUp: 0, resubscribes: 0, duplicatesDropped: 0 };
+  #stats: RedisBackendStats = { reattaches: 0, caughtUp: 0, lost: 0, duplicatesDropped: 0 };
+  #minDelay: number;
+  #maxDelay: number;
 
   constructor(url: string, retention: Retention, log: LogLike = silent, options: RedisBackendOptions = {}) {
     checkRedisUrl(url);
+    const lua = loadScripts();
     this.#retention = retention;
     this.#enabled = historyEnabled(retention);
     this.#log = log;
-    this.#catchUpCount = options.catchUpCount ?? 1000;
-    this.#catchUpAgeMs = options.catchUpAgeMs ?? 60_000;
+    const catchUp = { ...DEFAULT_CATCH_UP, ...options.catchUp };
+    for (const [name, v] of Object.entries(catchUp)) {
+      if (!(Number.isInteger(v) && v > 0)) throw new RangeError(`catch-up ${name} must be a positive integer, got ${v}`);
+    }
+    this.#idempotencyWindowMs = options.idempotencyWindowMs ?? DEFAULT_IDEMPOTENCY_WINDOW_MS;
+    this.#idempotencyMaxKeys = options.idempotencyMaxKeys ?? DEFAULT_IDEMPOTENCY_MAX_KEYS;
     const ns = options.namespace ?? 'hookbot';
     // The namespace is the hash tag: braces in it would move keys to other Cluster slots.
     if (!/^[^{}]+$/.test(ns)) throw new Error(`Redis namespace must be non-empty and contain no braces, got ${JSON.stringify(ns)}`);
@@ -269,12 +222,25 @@ export class RedisBackend implements Backend {
       trimmed: `${tag}:trimmed`,
       total: `${tag}:total`,
       expat: `${tag}:expire-at`,
-      lastid: `${tag}:lastid`,
       topicPrefix: `${tag}:t:`,
-      channel: `${ns}:fanout`,
+      feed: `${tag}:feed`,
+      cursors: `${tag}:cursors`,
+      lastid: `${tag}:lastid`,
+      idem: `${tag}:idem`,
+      idemAt: `${tag}:idem-at`,
     };
-    const minDelay = options.minReconnectDelayMs ?? 50;
-    const maxDelay = Math.max(options.maxReconnectDelayMs ?? 2000, minDelay);
+    const k = this.#keys;
+    this.#commonKeys = [
+      k.log, k.bytes, k.trimmed, k.total, k.expat,
+      k.feed, `${tag}:feed-index`, `${tag}:feed-bytes`, `${tag}:feed-trimmed`, `${tag}:feed-due`, k.cursors, k.lastid,
+    ];
+    this.#commonArgs = [
+      k.topicPrefix, retention.ageMs, retention.totalBytes,
+      catchUp.ageMs, catchUp.count, catchUp.bytes, Math.max(catchUp.ageMs, MIN_CURSOR_TTL_MS),
+    ];
+    this.#minDelay = options.minReconnectDelayMs ?? 50;
+    this.#maxDelay = Math.max(options.maxReconnectDelayMs ?? 2000, this.#minDelay);
+    const commandTimeout = options.commandTimeoutMs ?? 3000;
     const common: RedisOptions = {
       // Fail fast while Redis is away: a publisher must get a 503 now, not a
       // 200 minutes later (or never), so nothing is queued offline and a
@@ -283,30 +249,35 @@ export class RedisBackend implements Backend {
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
       connectTimeout: 5000,
-      retryStrategy: (times) => backoffDelay(times - 1, { minMs: minDelay, maxMs: maxDelay, jitter: 0.5 }),
+      retryStrategy: (times) => backoffDelay(times - 1, { minMs: this.#minDelay, maxMs: this.#maxDelay, jitter: 0.5 }),
       lazyConnect: false,
     };
-    this.#cmd = connectRedis(url, { ...common, commandTimeout: options.commandTimeoutMs ?? 3000, connectionName: `${ns}-cmd` }) as ScriptedRedis;
-    this.#sub = connectRedis(url, { ...common, autoResubscribe: false, connectionName: `${ns}-sub` }, 'subscriber', this.#cmd);
-    this.#cmd.defineCommand('hookbotPublish', { numberOfKeys: 7, lua: LUA_PUBLISH });
-    this.#cmd.defineCommand('hookbotExpire', { numberOfKeys: 5, lua: LUA_EXPIRE });
-    this.#cmd.defineCommand('hookbotHistory', { numberOfKeys: 6, lua: LUA_HISTORY });
+    // Named per node, so CLIENT LIST shows whose link is whose.
+    const node = this.#nodeId.slice(0, 8);
+    this.#cmd = connectRedis(url, { ...common, commandTimeout, connectionName: `${ns}-cmd-${node}` }) as ScriptedRedis;
+    // The read blocks up to BLOCK_MS; past that plus the command timeout the link is taken for dead.
+    this.#reader = connectRedis(url, { ...common, commandTimeout: BLOCK_MS + commandTimeout, connectionName: `${ns}-read-${node}` });
+    this.#cmd.defineCommand('hookbotPublish', { numberOfKeys: COMMON_KEYS + 3, lua: lua.publish });
+    this.#cmd.defineCommand('hookbotExpire', { numberOfKeys: COMMON_KEYS, lua: lua.expire });
+    this.#cmd.defineCommand('hookbotHistory', { numberOfKeys: COMMON_KEYS + 1, lua: lua.history });
+    this.#cmd.defineCommand('hookbotCursor', { numberOfKeys: COMMON_KEYS, lua: lua.cursor });
 
-    this.#sub.on('close', () => {
-      this.#live = false;
-      this.#generation++;
-    });
     // Both are EventEmitters; TypeScript cannot call `on` on the Redis | Cluster union directly.
-    for (const [role, conn] of [['command', this.#cmd], ['subscriber', this.#sub]] as Array<[string, EventEmitter]>) {
+    for (const [role, conn] of [['command', this.#cmd], ['reader', this.#reader]] as Array<[string, EventEmitter]>) {
       // ioredis emits 'error' on every failed reconnect; log it without the URL (it may hold a password).
       conn.on('error', (err: Error) => this.#log.debug({ role, err: err.message }, 'redis connection error'));
       conn.on('close', () => this.#updateReady());
       conn.on('end', () => this.#updateReady());
+      conn.on('ready', () => this.#updateReady());
     }
-    (this.#cmd as EventEmitter).on('ready', () => this.#updateReady());
-    this.#sub.on('ready', () => void this.#resubscribe());
-    this.#sub.on('messageBuffer', (channel: Buffer, payload: Buffer) => this.#onPubSub(channel, payload));
+    (this.#reader as EventEmitter).on('close', () => {
+      this.#attached = false;
+      this.#updateReady();
+    });
 
+    void this.#readLoop();
+    this.#cursorTimer = setInterval(() => void this.#refreshCursor(), CURSOR_INTERVAL_MS);
+    this.#cursorTimer.unref();
     if (this.#enabled) {
       const every = Math.min(Math.max(Math.floor(retention.ageMs / 10), 1000), 60_000);
       this.#expireTimer = setInterval(() => void this.#expire().catch(() => {}), every);
@@ -315,17 +286,26 @@ export class RedisBackend implements Backend {
   }
 
   /** Counters for metrics and tests. */
-  get stats(): Readonly<{ caughtUp: number; resubscribes: number; duplicatesDropped: number }> {
+  get stats(): Readonly<RedisBackendStats> {
     return { ...this.#stats };
+  }
+
+  /** This node's name in {ns}:cursors; its connections are named `<ns>-cmd-` and `<ns>-read-` with its first 8 characters. */
+  get nodeId(): string {
+    return this.#nodeId;
   }
 
   setListener(listener: (m: Message) => void): void {
     this.#listener = listener;
   }
 
-  /** True when this node can both accept publishes and receive the fan-out. */
+  onLost(listener: (afterId: string) => void): void {
+    this.#lostListeners.push(listener);
+  }
+
+  /** True when this node can both accept publishes and read the feed. */
   ready(): boolean {
-    return !this.#closed && this.#cmd.status === 'ready' && this.#live;
+    return !this.#closed && this.#cmd.status === 'ready' && this.#reader.status === 'ready' && this.#attached;
   }
 
   onReadyChange(listener: (ready: boolean) => void): void {
@@ -352,7 +332,7 @@ export class RedisBackend implements Backend {
     if (now === this.#lastReady) return;
     this.#lastReady = now;
     if (now) this.#log.info({ ready: now }, 'redis backend ready');
-    else if (!this.#closed) this.#log.warn({ ready: now, command: this.#cmd.status, subscriber: this.#sub.status }, 'redis backend not ready; publishes answer 503 until it is back');
+    else if (!this.#closed) this.#log.warn({ ready: now, command: this.#cmd.status, reader: this.#reader.status }, 'redis backend not ready; publishes answer 503 until it is back');
     for (const l of this.#readyListeners) l(now);
   }
 
@@ -365,109 +345,170 @@ export class RedisBackend implements Backend {
   #checkUsable(): void {
     if (this.#closed) throw new BackendUnavailableError('server is shutting down');
     if (this.#cmd.status !== 'ready') throw new BackendUnavailableError(`redis unavailable: connection ${this.#cmd.status}`);
+    // Until this node knows where it starts reading, a message accepted (or a
+    // history read) now could fall before that point and never reach its subscribers.
+    if (this.#lastDelivered === undefined) throw new BackendUnavailableError('redis unavailable: not reading the feed yet');
   }
 
-  async publish(topic: string, headers: Headers, body: Buffer): Promise<Message> {
+  async publish(topic: string, headers: Headers, body: Buffer, options?: PublishOptions): Promise<Message> {
     this.#checkUsable();
     const k = this.#keys;
     const r = this.#retention;
-    let reply: [string, string];
+    const key = this.#idempotencyWindowMs > 0 ? options?.idempotencyKey : undefined;
+    const headersJson = JSON.stringify(headers);
+    let reply: [string, string, number];
     try {
       reply = await this.#cmd.hookbotPublish(
-        k.log, k.bytes, k.trimmed, k.total, k.expat, k.lastid, k.topicPrefix + topic,
-        k.topicPrefix, topic, JSON.stringify(headers), body, k.channel,
-        this.#enabled ? '1' : '0', r.count, r.bytes, r.ageMs, r.totalBytes, this.#catchUpCount, this.#catchUpAgeMs,
+        ...this.#commonKeys, k.topicPrefix + topic, k.idem, k.idemAt,
+        ...this.#commonArgs, topic, headersJson, body, this.#enabled ? '1' : '0', r.count, r.bytes, storedSize(topic, headers, body),
+        key === undefined ? '' : idempotencyScope(topic, key), this.#idempotencyWindowMs, this.#idempotencyMaxKeys,
       );
     } catch (err) {
       throw this.#unavailable(err);
     }
+    // A repeated key: the original message's id; nothing was stored or dispatched again.
+    if (reply[2] === 1) return new Message(reply[0], topic, headers, body);
     // time is Redis's clock at acceptance, the same on every node.
     return new Message(reply[0], topic, headers, body, Number(reply[1]));
   }
 
   async #expire(): Promise<void> {
     if (!this.#enabled || this.#closed || this.#cmd.status !== 'ready') return;
-    const k = this.#keys;
-    await this.#cmd.hookbotExpire(k.log, k.bytes, k.trimmed, k.total, k.expat, k.topicPrefix, this.#retention.ageMs, this.#retention.totalBytes);
+    await this.#cmd.hookbotExpire(...this.#commonKeys, ...this.#commonArgs);
   }
 
-  // ---- fan-out ----
+  // ---- delivery: reading the feed ----
 
-  #onPubSub(channel: Buffer, payload: Buffer): void {
-    if (channel.toString() !== this.#keys.channel) return;
-    let message: Message;
-    try {
-      message = decodeFanout(payload);
-    } catch (err) {
-      this.#log.error({ err: (err as Error).message }, 'undecodable fan-out message from redis');
-      return;
+  /**
+   * Registers this node's cursor and, after a failed read, checks that the feed
+   * still holds everything after it. On first start the cursor is the last id
+   * handed out (what was published before this node ran is history's business).
+   */
+  async #attach(): Promise<void> {
+    const [cursor, lastId, trimmed] = await this.#cmd.hookbotCursor(...this.#commonKeys, ...this.#commonArgs, this.#nodeId, this.#lastDelivered ?? '');
+    if (this.#closed) return;
+    const was = this.#lastDelivered;
+    if (was === undefined) {
+      this.#lastDelivered = cursor;
+    } else {
+      this.#stats.reattaches++;
+      // Redis forgot ids this node delivered (restart without persistence, failover to a
+      // replica that lagged), or trimmed entries it had not read: either way it may have missed some.
+      const forgot = lastId === '' ? was !== '0-0' : compareIds(lastId, was) < 0;
+      const trimmedPast = trimmed !== '' && compareIds(trimmed, was) > 0;
+      if (forgot || trimmedPast) this.#reportLost(was, forgot ? 'redis no longer has the last id this node read' : 'the feed was trimmed past this node');
     }
-    if (this.#live) this.#deliver(message);
-    else this.#pending.push(message);
+    this.#attached = true;
+    this.#firstReadAfterAttach = was !== undefined;
+    this.#updateReady();
   }
 
-  #deliver(message: Message): void {
-    if (this.#lastDelivered !== undefined && compareIds(message.id, this.#lastDelivered) <= 0) {
-      this.#stats.duplicatesDropped++;
-      return;
-    }
-    this.#lastDelivered = message.id;
-    try {
-      this.#listener(message);
-    } catch (err) {
-      this.#log.error({ err: (err as Error).message, id: message.id }, 'listener failed');
+  async #readLoop(): Promise<void> {
+    let failures = 0;
+    while (!this.#closed) {
+      try {
+        if (!this.#attached) await this.#attach();
+        if (this.#closed) return;
+        const reply = (await this.#reader.xreadBuffer('COUNT', READ_COUNT, 'BLOCK', BLOCK_MS, 'STREAMS', this.#keys.feed, this.#lastDelivered!)) as XReadReply;
+        failures = 0;
+        const entries = reply?.[0]?.[1] ?? [];
+        if (this.#firstReadAfterAttach) {
+          this.#firstReadAfterAttach = false;
+          this.#stats.caughtUp += entries.length;
+        }
+        this.#deliver(entries);
+      } catch (err) {
+        if (this.#closed) return;
+        this.#attached = false;
+        this.#updateReady();
+        const message = (err as Error).message;
+        this.#log.debug({ err: message }, 'reading the feed failed; re-attaching');
+        // A read that timed out on a link that may be dead: start a fresh connection.
+        if (/timed out/i.test(message)) this.#reader.disconnect(true);
+        await this.#pause(failures++);
+      }
     }
   }
 
   /**
-   * (Re)subscribes, then reads from the log everything published since the
-   * last message this node delivered, then releases what pub/sub buffered
-   * meanwhile; ids drop the overlap. Subscribing first means nothing falls
-   * between the log read and live delivery.
+   * After a failure: waits until both connections are ready again if one of
+   * them is not (they reconnect with their own backoff), else for a backoff
+   * delay (Redis answered, but with an error, e.g. a Cluster without that slot).
    */
-  async #resubscribe(): Promise<void> {
-    const generation = ++this.#generation;
-    this.#live = false;
-    this.#pending = [];
-    try {
-      if (this.#lastDelivered === undefined) {
-        // Before subscribing, so anything newer is in the log or in pub/sub.
-        this.#lastDelivered = (await this.#cmd.get(this.#keys.lastid)) ?? '0-0';
-      }
-      await this.#sub.subscribe(this.#keys.channel);
-      if (generation !== this.#generation) return;
-      let after = this.#lastDelivered;
-      for (;;) {
-        const page = (await this.#cmd.xrangeBuffer(this.#keys.log, `(${after}`, '+', 'COUNT', PAGE)) as LogEntry[];
-        if (generation !== this.#generation) return;
-        for (const entry of page) {
-          const m = decodeLogEntry(entry);
-          after = m.id;
-          if (this.#lastDelivered === undefined || compareIds(m.id, this.#lastDelivered) > 0) this.#stats.caughtUp++;
-          this.#deliver(m);
-        }
-        if (page.length < PAGE) break;
-      }
-      const pending = this.#pending;
-      this.#pending = [];
-      for (const m of pending) this.#deliver(m);
-      this.#live = true;
-      this.#stats.resubscribes++;
-      this.#updateReady();
-    } catch (err) {
-      if (this.#closed || generation !== this.#generation) return;
-      // Subscribing again is harmless and the catch-up restarts from the last delivered id.
-      const retry = () => {
-        if (!this.#closed && generation === this.#generation && this.#sub.status === 'ready') void this.#resubscribe();
+  #pause(attempt: number): Promise<void> {
+    const bothReady = () => this.#cmd.status === 'ready' && this.#reader.status === 'ready';
+    const delay = backoffDelay(attempt, { minMs: this.#minDelay, maxMs: this.#maxDelay, jitter: 0.5 });
+    const conns = [this.#cmd, this.#reader] as EventEmitter[];
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        for (const c of conns) c.off('ready', onReady);
+        resolve();
       };
-      if (this.#cmd.status !== 'ready') {
-        // The usual case: the command connection is still (re)connecting.
-        this.#log.debug({ err: (err as Error).message }, 'redis resubscribe waits for the command connection');
-        this.#cmd.once('ready', retry);
-      } else {
-        this.#log.warn({ err: (err as Error).message }, 'redis resubscribe failed; retrying');
-        setTimeout(retry, 200).unref();
+      const onReady = (): void => {
+        if (bothReady()) done();
+      };
+      // Waiting on 'ready' events, the delay is only a safety net.
+      const timer = setTimeout(done, bothReady() ? delay : Math.max(delay, this.#maxDelay));
+      if (!bothReady()) for (const c of conns) c.on('ready', onReady);
+    });
+  }
+
+  #deliver(entries: LogEntry[]): void {
+    for (const [rawId, f] of entries) {
+      const id = rawId.toString('latin1');
+      const last = this.#lastDelivered!;
+      if (compareIds(id, last) <= 0) {
+        this.#stats.duplicatesDropped++;
+        continue;
       }
+      let message: Message;
+      let prev: string;
+      try {
+        // Fields in the order publish.lua writes them: t, h, b, m, p. The body is
+        // copied so the message does not pin the socket's read buffer.
+        if (f.length !== 10) throw new Error(`${f.length} fields`);
+        prev = f[9].toString('latin1');
+        message = new Message(id, f[1].toString(), JSON.parse(f[3].toString()) as Headers, Buffer.from(f[5]), Number(f[7].toString('latin1')));
+      } catch (err) {
+        // Skipped, never retried forever; its subscribers hear of the hole.
+        this.#log.error({ err: (err as Error).message, id }, 'undecodable feed entry');
+        this.#lastDelivered = id;
+        this.#reportLost(last, 'undecodable feed entry');
+        continue;
+      }
+      if (this.#checkChain && prev !== last) this.#reportLost(last, 'feed entries before this one were trimmed or lost');
+      this.#checkChain = true;
+      this.#lastDelivered = id;
+      try {
+        this.#listener(message);
+      } catch (err) {
+        this.#log.error({ err: (err as Error).message, id }, 'listener failed');
+      }
+    }
+  }
+
+  /** Every local subscriber hears that messages after `afterId` may be missing; once per hole. */
+  #reportLost(afterId: string, reason: string): void {
+    this.#stats.lost++;
+    this.#checkChain = false;
+    this.#log.warn({ afterId, reason }, 'this node missed messages; telling its subscribers');
+    for (const l of this.#lostListeners) {
+      try {
+        l(afterId);
+      } catch (err) {
+        this.#log.error({ err: (err as Error).message }, 'lost listener failed');
+      }
+    }
+  }
+
+  /** Keeps this node's cursor alive (and lets trimming pass what every node has read). */
+  async #refreshCursor(): Promise<void> {
+    if (this.#closed || this.#lastDelivered === undefined || this.#cmd.status !== 'ready') return;
+    try {
+      await this.#cmd.hookbotCursor(...this.#commonKeys, ...this.#commonArgs, this.#nodeId, this.#lastDelivered);
+    } catch (err) {
+      this.#log.debug({ err: (err as Error).message }, 'cursor refresh failed; next time');
     }
   }
 
@@ -490,9 +531,8 @@ export class RedisBackend implements Backend {
       return { gap: all.gap || all.messages.length > 0, messages: [] };
     }
     const [trimmed, cut, entries] = await this.#cmd.hookbotHistoryBuffer(
-      k.log, k.bytes, k.trimmed, k.total, k.expat, k.topicPrefix + topic,
-      k.topicPrefix, this.#retention.ageMs, this.#retention.totalBytes, topic,
-      since === undefined ? '-' : `(${since}`, limit ?? 0,
+      ...this.#commonKeys, k.topicPrefix + topic,
+      ...this.#commonArgs, topic, since === undefined ? '-' : `(${since}`, limit ?? 0,
     );
     const upTo = trimmed.length > 0 ? trimmed.toString() : undefined;
     const gap = cut === 1 || (upTo !== undefined && since !== undefined && compareIds(upTo, since) > 0);
@@ -581,10 +621,14 @@ export class RedisBackend implements Backend {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#generation++;
+    if (this.#cursorTimer) clearInterval(this.#cursorTimer);
     if (this.#expireTimer) clearInterval(this.#expireTimer);
-    await Promise.all([quit(this.#cmd), quit(this.#sub)]);
-    this.#live = false;
+    // A node leaving on purpose stops holding back the feed's trimming at once.
+    if (this.#cmd.status === 'ready') await this.#cmd.hdel(this.#keys.cursors, this.#nodeId).catch(() => {});
+    // The reader may sit in a blocking read: a QUIT would wait behind it.
+    this.#reader.disconnect(false);
+    await quit(this.#cmd);
+    this.#attached = false;
     this.#updateReady();
   }
 }
@@ -614,27 +658,4 @@ function decodeLogEntry([id, fields]: LogEntry): Message {
   const body = fieldOf(fields, 'b')!;
   const time = Number(fieldOf(fields, 'm')!.toString());
   return new Message(id.toString(), topic, headers, body, time);
-}
-
-/** `id \n time \n topicLength \n headersLength \n topic headers body`, as the publish script writes it. */
-function decodeFanout(payload: Buffer): Message {
-  let pos = 0;
-  const line = (): string => {
-    const nl = payload.indexOf(10, pos);
-    if (nl < 0) throw new Error('truncated header');
-    const s = payload.toString('latin1', pos, nl);
-    pos = nl + 1;
-    return s;
-  };
-  const id = line();
-  const time = Number(line());
-  const topicLength = Number(line());
-  const headersLength = Number(line());
-  const topic = payload.toString('utf8', pos, pos + topicLength);
-  pos += topicLength;
-  const headers = JSON.parse(payload.toString('utf8', pos, pos + headersLength)) as Headers;
-  pos += headersLength;
-  // A copy, so the message does not pin the socket's read buffer.
-  const body = Buffer.from(payload.subarray(pos));
-  return new Message(id, topic, headers, body, time);
 }

@@ -20,7 +20,7 @@ import { noSuchChannel, unauthorized, SHUTTING_DOWN } from '../admission.js';
 import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY, type PublishOptions } from '../backends/backend.js';
 import type { Context } from '../context.js';
 import type { RejectReason } from '../ops/metrics.js';
-import { ENVELOPES } from '../routers/envelopes.js';
+import { envelopeFor, ROUTER_NAMES } from '../routers/registry.js';
 import { lingeringClose } from './connections.js';
 import { NOSNIFF, replyError, TEXT } from './respond.js';
 
@@ -120,9 +120,9 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
   }
 
   const metadata = channel ? null : query.get('extra-metadata');
-  const envelope = metadata === null ? undefined : ENVELOPES[metadata];
+  const envelope = metadata === null ? undefined : envelopeFor(metadata);
   if (metadata !== null && !envelope) {
-    return refuseUnread(ctx, req, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `bad ?extra-metadata=: supported values are ${Object.keys(ENVELOPES).join(', ')}`));
+    return refuseUnread(ctx, req, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `bad ?extra-metadata=: supported values are ${ROUTER_NAMES.join(', ')}`));
   }
 
   // A retry of a publish already stored gets the original id back; GitHub's delivery id serves for its envelopes.

@@ -8,6 +8,7 @@
  * is the same as no bucket), the bucket map has a hard cap, and per-address
  * subscriber counts are deleted when they reach zero.
  */
+import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { BlockList, isIP, isIPv6, type Socket } from 'node:net';
 import { HttpError, Status } from '../../protocol/errors.js';
@@ -38,10 +39,34 @@ export interface LimitsConfig {
   limitExempt: string[];
 }
 
+/** Used when the open-file limit cannot be read (not Linux). */
+const FALLBACK_MAX_SUBSCRIPTIONS = 10_000;
+
+/**
+ * The default for --max-subscriptions: every subscriber holds a file
+ * descriptor, so the process's open-file limit (node raises its soft limit
+ * to the hard one at start) is the real ceiling. Leaves a tenth of it, and at
+ * least 256, for publishers, the data directory, Redis and the rest.
+ */
+export function subscriptionsForFileLimit(limitsText?: string): number {
+  let text = limitsText;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/self/limits', 'utf8');
+    } catch {
+      return FALLBACK_MAX_SUBSCRIPTIONS;
+    }
+  }
+  const m = /^Max open files\s+(\d+|unlimited)/m.exec(text);
+  if (!m) return FALLBACK_MAX_SUBSCRIPTIONS;
+  const files = m[1] === 'unlimited' ? 1_048_576 : Number(m[1]);
+  return Math.max(100, files - Math.max(256, Math.ceil(files / 10)));
+}
+
 export const LIMIT_DEFAULTS = {
   rateLimit: 100,
   maxSubscribersPerIp: 200,
-  maxSubscriptions: 10_000,
+  maxSubscriptions: subscriptionsForFileLimit(),
   // Above --max-subscribers-per-ip, so a host's subscribers always fit, with room for its publishes.
   maxConnectionsPerIp: 256,
   maxBodyInFlight: 256 * 1024 * 1024,

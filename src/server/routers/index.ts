@@ -6,15 +6,12 @@ import { connectRedis, type RedisConnection } from '../backends/redis-connect.js
 import type { Broker, Subscriber } from '../broker.js';
 import type { Logger } from '../log.js';
 import { RedisSeenStore } from './dedupe.js';
-import { createGithubRouter } from './github.js';
-import { createGitlabRouter } from './gitlab.js';
+import { createRouter } from './pipeline.js';
+import { ROUTER_NAMES, routerSpec, type RouterSpec } from './registry.js';
 import type { Router, RouterEvent, RouterHost, SeenStore } from './router.js';
 
-export const ROUTER_NAMES = ['github', 'gitlab'] as const;
-export type RouterName = (typeof ROUTER_NAMES)[number];
-
 export interface RoutersConfig {
-  /** Router names to run (validated by config). */
+  /** Router names to run (validated by config against the registry). */
   routers: readonly string[];
   githubSecrets: readonly string[];
   gitlabTokens: readonly string[];
@@ -41,6 +38,7 @@ export interface RouterMetrics {
 export async function startRouters(config: RoutersConfig, broker: Broker, log: Logger, metrics?: RouterMetrics): Promise<RunningRouters> {
   const counts: RouterCounts = {};
   const host: RouterHost = {
+    // No idempotency key: the dedupe store already decides, and a server never repeats a delivery after a crash.
     publish: (topic, headers, body) => broker.publish(topic, headers, body),
     log,
     count(event, router) {
@@ -50,12 +48,11 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
       else if (event === 'failed') metrics?.routerVerification(router, 'failed');
     },
   };
-  const names = [...new Set(config.routers)];
-  for (const name of names) {
-    if (!(ROUTER_NAMES as readonly string[]).includes(name)) {
-      throw new Error(`unknown router ${JSON.stringify(name)} (available: ${ROUTER_NAMES.join(', ')})`);
-    }
-  }
+  const specs: RouterSpec[] = [...new Set(config.routers)].map((name) => {
+    const spec = routerSpec(name);
+    if (!spec) throw new Error(`unknown router ${JSON.stringify(name)} (available: ${ROUTER_NAMES.join(', ')})`);
+    return spec;
+  });
   const routers: Router[] = [];
   let redis: RedisConnection | undefined;
   let seen: SeenStore | undefined;
@@ -73,12 +70,8 @@ export async function startRouters(config: RoutersConfig, broker: Broker, log: L
       });
     });
   }
-  for (const name of names) {
-    if (name === 'github') {
-      routers.push(createGithubRouter({ secrets: config.githubSecrets, dedupeWindowMs: config.dedupeWindowMs, seen }, host));
-    } else {
-      routers.push(createGitlabRouter({ tokens: config.gitlabTokens, dedupeWindowMs: config.dedupeWindowMs, seen }, host));
-    }
+  for (const spec of specs) {
+    routers.push(createRouter(spec.adapter, { secrets: config[spec.secret.config], dedupeWindowMs: config.dedupeWindowMs, seen }, host));
   }
   const subscribers: Subscriber[] = routers.map((r) => ({
     topic: r.topic,

@@ -1,10 +1,13 @@
 /**
- * What the server and an in-server router need from each other.
+ * What a router and its host need from each other, and the helpers every
+ * provider shares.
  *
- * A router subscribes (via the server) to one recursive feed topic such as
+ * A router subscribes to one recursive feed topic such as
  * `/unsafe/github.com/`, checks each message's provenance, and re-publishes
- * what it verified onto safe (token-protected) topics. Routers never throw
- * for bad input: anything reaching an `/unsafe/` feed is attacker-controlled.
+ * what it verified onto safe (token-protected) topics. Its host is the
+ * server (broker.publish) or `hookbot route-github` (HTTP publishes).
+ * Routers never throw for bad input: anything reaching an `/unsafe/` feed is
+ * attacker-controlled.
  */
 import { createHash } from 'node:crypto';
 import type { Headers, Message } from '../../protocol/message.js';
@@ -20,8 +23,13 @@ export interface RouterLog {
 }
 
 export interface RouterHost {
-  /** Publish onto a (safe) topic; the server passes broker.publish. */
-  publish(topic: string, headers: Headers, body: Buffer): Promise<unknown>;
+  /**
+   * Publish onto a (safe) topic; the server passes broker.publish. The
+   * idempotency key is the same for every re-publish of one delivery (each
+   * output goes to its own topic), so a host that may repeat a delivery
+   * after a crash can have the server drop the repeat.
+   */
+  publish(topic: string, headers: Headers, body: Buffer, options: { idempotencyKey: string }): Promise<unknown>;
   log: RouterLog;
   /** Metrics hook: one call per delivery (or, for 'published', per message published). */
   count(event: RouterEvent, router: string): void;
@@ -67,7 +75,8 @@ export function goJSON(fields: Record<string, string>): Buffer {
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
-function goString(s: string): string {
+/** One Go-encoded JSON string. */
+export function goString(s: string): string {
   // Go replaces invalid UTF-16 (lone surrogates) with U+FFFD.
   return JSON.stringify(s.replace(LONE_SURROGATE, '\uFFFD'))
     .replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
@@ -96,44 +105,6 @@ export function isSafeTopicPart(s: string, allowSlash: boolean): boolean {
   return s.split('/').every((seg) => seg !== '' && seg !== '.' && seg !== '..');
 }
 
-/**
- * Runs async jobs strictly one after another, in submission order, with at
- * most `max` waiting: an unsafe feed can be flooded, and a router must not
- * turn that into unbounded memory.
- */
-export class SerialQueue {
-  readonly max: number;
-  #tail: Promise<void> = Promise.resolve();
-  #pending = 0;
-
-  constructor(max = DEFAULT_MAX_PENDING) {
-    this.max = max;
-  }
-
-  get pending(): number {
-    return this.#pending;
-  }
-
-  /** Resolves when `job` is done; undefined (job not run) when the queue is full. */
-  run(job: () => Promise<void>): Promise<void> | undefined {
-    if (this.#pending >= this.max) return undefined;
-    this.#pending++;
-    const done = () => {
-      this.#pending--;
-    };
-    // Jobs catch their own errors; the catch keeps a stray rejection from wedging the chain.
-    this.#tail = this.#tail.then(job).catch(() => undefined).finally(done);
-    return this.#tail;
-  }
-
-  /** Resolves once everything queued so far has run. */
-  idle(): Promise<void> {
-    return this.#tail;
-  }
-}
-
-export const DEFAULT_MAX_PENDING = 10_000;
-
 /** One re-publish a router wants to make. */
 export interface Output {
   topic: string;
@@ -151,10 +122,11 @@ export async function publishAll(
   router: string,
   context: object,
   outputs: readonly Output[],
+  idempotencyKey: string,
 ): Promise<boolean> {
   for (const out of outputs) {
     try {
-      await host.publish(out.topic, out.headers, out.body);
+      await host.publish(out.topic, out.headers, out.body, { idempotencyKey });
     } catch (err) {
       host.log.error({ ...context, router, to: out.topic, err: errorText(err) }, 'router publish failed');
       return false;
@@ -258,38 +230,4 @@ export function parseJSON(buf: Buffer): { ok: true; value: unknown } | { ok: fal
 export function logSafe(s: string | undefined): string | undefined {
   if (s === undefined) return undefined;
   return s.length > 200 ? `${s.slice(0, 200)}…` : s;
-}
-
-/**
- * The handle()/idle() pair of a router around its `route` function: one
- * message at a time, in order; a full queue or an unexpected error drops the
- * message with a log line instead of stopping the feed.
- */
-export function serialHandler(
-  name: string,
-  host: RouterHost,
-  route: (message: Message) => Promise<void>,
-  maxPending = DEFAULT_MAX_PENDING,
-): Pick<Router, 'handle' | 'idle'> {
-  const queue = new SerialQueue(maxPending);
-  return {
-    handle(message: Message): Promise<void> {
-      const done = queue.run(async () => {
-        try {
-          await route(message);
-        } catch (err) {
-          // Only a failing SeenStore can get here.
-          host.log.error({ router: name, messageId: message.id, err: errorText(err) }, `${name} router failed on a message`);
-        }
-      });
-      if (done !== undefined) return done;
-      host.count('failed', name);
-      host.log.warn(
-        { router: name, feed: message.topic, messageId: message.id, reason: `more than ${queue.max} messages waiting` },
-        `${name} delivery dropped`,
-      );
-      return Promise.resolve();
-    },
-    idle: () => queue.idle(),
-  };
 }

@@ -1,0 +1,3 @@
+-- Age and total-size eviction of history, run now and then by every node.
+maybe_expire(now_ms())
+return 1
