@@ -1,6 +1,7 @@
 /**
  * The admission pipeline's order, for WebSocket and SSE alike:
- * shutdown → path → unsafe header → token → since → limits.
+ * shutdown → path → unsafe header → token → since → limits
+ * (for a smee channel, the capability check in the token's place).
  *
  * Each case is a request that fails its own check *and every later one it
  * can*, so it proves which check runs first. The unit cases drive admit()
@@ -9,6 +10,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ChannelIds } from '../src/protocol/channels.js';
 import { HttpError, Status } from '../src/protocol/errors.js';
 import { UNSAFE_HEADER, UNSAFE_HEADER_ERROR, UNSAFE_HEADER_VALUE } from '../src/protocol/topics.js';
 import { TokenVerifier } from '../src/protocol/tokens.js';
@@ -188,5 +190,63 @@ describe('a real server refuses the same request the same way on both transports
     } finally {
       held.close();
     }
+  });
+});
+
+describe.each(TRANSPORTS)('admission of a smee channel ($name): the capability stands where the token is', ({ name, since, badSince }) => {
+  const ids = new ChannelIds([KEY]);
+  const minted = ids.mint();
+  const unminted = new ChannelIds(['another-server']).mint();
+  const master = { authorization: `Bearer ${token('/')}` };
+
+  function channelContext(options: { shuttingDown?: boolean; full?: boolean } = {}) {
+    const { ctx, refused } = fakeContext(options);
+    return { ctx: { ...ctx, channels: ids } as Context, refused };
+  }
+
+  it('shutdown, then the path, come first', () => {
+    const down = channelContext({ shuttingDown: true, full: true });
+    expect(refusal(() => admit(down.ctx, fakeRequest(`/${unminted}?since=yesterday`), name, since)).status).toBe(Status.SERVICE_UNAVAILABLE);
+    const { ctx, refused } = channelContext({ full: true });
+    expect(refusal(() => admit(ctx, fakeRequest(`/%zz${unminted}?since=yesterday`), name, since)).message).toBe('malformed percent-encoding in path');
+    expect(refused).toEqual([]);
+  });
+
+  it('an id this server did not mint is 404 before since and the limits, whatever token comes with it', () => {
+    const { ctx, refused } = channelContext({ full: true });
+    for (const path of [`/${unminted}`, `/events/${unminted}`]) {
+      const r = badSince(path);
+      const err = refusal(() => admit(ctx, fakeRequest(r.url, { ...r.headers, ...master }), name, since));
+      expect([err.status, errorBody(err)]).toEqual([Status.NOT_FOUND, '404 Not Found: no such channel\n']);
+    }
+    expect(refused).toEqual([]);
+  });
+
+  it('a minted id needs no token; since comes before the limits, which come last', () => {
+    const { ctx, refused } = channelContext({ full: true });
+    const r = badSince(`/${minted}`);
+    expect(refusal(() => admit(ctx, fakeRequest(r.url, r.headers), name, since)).message).toMatch(/must be a message id/);
+    expect(refused).toEqual([]);
+    expect(refusal(() => admit(ctx, fakeRequest(`/${minted}`), name, since)).status).toBe(Status.SERVICE_UNAVAILABLE);
+    expect(refused).toEqual([`${name}:server_limit`]);
+  });
+
+  it('admits /<id> and /events/<id> on the topic smee/<id>, resuming as its transport does', () => {
+    const { ctx } = channelContext();
+    for (const path of [`/${minted}`, `/events/${minted}`]) {
+      const id = '1700000000000-5';
+      const req = name === 'ws' ? fakeRequest(`${path}?since=${id}`) : fakeRequest(path, { 'last-event-id': id });
+      const admitted = admit(ctx, req, name, since);
+      expect([admitted.endpoint.topic, admitted.endpoint.channel, admitted.since]).toEqual([`smee/${minted}`, minted, id]);
+      admitted.slot.release();
+    }
+  });
+
+  it('without --smee the same path is a topic like any other, and needs its token', () => {
+    const { ctx } = fakeContext();
+    expect(refusal(() => admit(ctx, fakeRequest(`/${minted}`), name, since)).status).toBe(Status.UNAUTHORIZED);
+    const admitted = admit(ctx, fakeRequest(`/${minted}`, bearer(`/${minted}`)), name, since);
+    expect([admitted.endpoint.topic, admitted.endpoint.channel]).toEqual([minted, undefined]);
+    admitted.slot.release();
   });
 });

@@ -6,6 +6,8 @@ import { describe, expect, it } from 'vitest';
 import { Message } from '../src/protocol/message.js';
 import { hookbotV1Encoder } from '../src/server/transports/hookbot-v1.js';
 import { framedEncoder, rawEncoder } from '../src/server/transports/raw.js';
+import { gosmeeEncoder } from '../src/server/transports/gosmee.js';
+import { smeeEncoder } from '../src/server/transports/smee.js';
 import { sseEncoder } from '../src/server/transports/sse-events.js';
 import { frame, OPCODE_BINARY, OPCODE_TEXT } from '../src/server/transports/ws-frame.js';
 
@@ -82,10 +84,91 @@ describe('SSE', () => {
   });
 });
 
+/** A channel message as a channel publish keeps it: every end-to-end header, and the query under x-hookbot-query. */
+const GITHUB_HEADERS = {
+  'user-agent': 'GitHub-Hookshot/abc123',
+  accept: '*/*',
+  'content-type': 'application/json',
+  'x-github-event': 'pull_request',
+  'x-github-delivery': '11111111-2222-3333-4444-555555555555',
+  'x-hub-signature-256': 'sha256=48b9',
+};
+
+/** The one data line of an event, parsed. */
+const dataOf = (event: Buffer) => JSON.parse(event.toString().split('\n')[1].slice('data: '.length));
+
+describe('smee (smee-client, Probot)', () => {
+  it('each message: id, and one data line of the lower-cased headers, content-length, body, query and timestamp (a number), nothing else', () => {
+    const body = '{"action":"opened","number":1,"a":"café é <&>","nested":{"b":[1,2,3]}}';
+    const m = msg(body, 'smee/x', { ...GITHUB_HEADERS, 'x-hookbot-query': 'foo=bar&r=1&r=2&e=%C3%A9' });
+    expect(smeeEncoder.message(m).toString()).toBe(
+      'id: 1700000000000-3\ndata: {"user-agent":"GitHub-Hookshot/abc123","accept":"*/*","content-type":"application/json","x-github-event":"pull_request",' +
+        '"x-github-delivery":"11111111-2222-3333-4444-555555555555","x-hub-signature-256":"sha256=48b9",' +
+        `"content-length":"${Buffer.byteLength(body)}","body":${body},"query":{"foo":"bar","r":["1","2"],"e":"é"},"timestamp":1700000000000}\n\n`,
+    );
+  });
+
+  it('body: the parsed JSON (re-serialised compact, as smee.io), else the body as a string; never a second line', () => {
+    const data = (body: string | Buffer) => dataOf(smeeEncoder.message(msg(body, 'smee/x')));
+    expect(data('{\n  "a": 1\r\n}').body).toEqual({ a: 1 });
+    expect(smeeEncoder.message(msg('{\n  "a": 1\r\n}')).toString().split('\n')).toHaveLength(4);
+    expect(data('[1, 2]').body).toEqual([1, 2]);
+    expect(data('"s"').body).toBe('s');
+    expect(data('payload=%7B%7D').body).toBe('payload=%7B%7D');
+    expect(data('line one\nline two\r\n').body).toBe('line one\nline two\r\n');
+    expect(data('').body).toBe('');
+    expect(data(Buffer.from([0xff, 0x00, 0x41])).body).toBe('\ufffd\u0000A');
+    expect(data('{}')).toEqual({ 'content-length': '2', body: {}, query: {}, timestamp: 1700000000000 });
+  });
+
+  it('headers named like its own keys cannot shadow them', () => {
+    const m = msg('1', 'smee/x', { body: 'h', query: 'h', timestamp: 'h', 'content-length': '999', 'x-hookbot-query': 'a=1' });
+    expect(dataOf(smeeEncoder.message(m))).toEqual({ 'content-length': '1', body: 1, query: { a: '1' }, timestamp: 1700000000000 });
+  });
+
+  it('ready first, with the stream\'s start as its id when it starts live; other named events without ids (an id would reset what an EventSource resumes from)', () => {
+    expect(smeeEncoder.preamble!.toString()).toBe('retry: 2000\n\n');
+    expect(smeeEncoder.start!('5-0')!.toString()).toBe('event: ready\ndata: {}\n\n');
+    const before = Date.now();
+    const start = /^id: (\d+)-0\nevent: ready\ndata: \{\}\n\n$/.exec(smeeEncoder.start!(undefined)!.toString());
+    expect(Number(start![1])).toBeGreaterThanOrEqual(before);
+    expect(Number(start![1])).toBeLessThanOrEqual(Date.now());
+    expect(smeeEncoder.ping!.toString()).toBe('event: ping\ndata: {}\n\n');
+    expect(smeeEncoder.gap!('5-0').toString()).toBe('event: gap\ndata: {"since":"5-0"}\n\n');
+    expect(smeeEncoder.live).toBeUndefined();
+  });
+});
+
+describe('gosmee', () => {
+  it('each message: id, and one data line of sorted keys: headers, bodyB (base64 of the raw bytes), content-length, timestamp as a string', () => {
+    const body = Buffer.from('{"action": "opened",\n "z": 1}\n');
+    const m = new Message('1700000000000-3', 'smee/x', { ...GITHUB_HEADERS, 'x-hookbot-query': 'foo=bar' }, body, 1700000000000);
+    expect(gosmeeEncoder.message(m).toString()).toBe(
+      `id: 1700000000000-3\ndata: {"accept":"*/*","bodyB":"${body.toString('base64')}","content-length":"${body.length}","content-type":"application/json",` +
+        '"timestamp":"1700000000000","user-agent":"GitHub-Hookshot/abc123","x-github-delivery":"11111111-2222-3333-4444-555555555555",' +
+        '"x-github-event":"pull_request","x-hub-signature-256":"sha256=48b9"}\n\n',
+    );
+  });
+
+  it('headers gosmee would take for its own keys are left out', () => {
+    const m = msg(Buffer.from([0, 1, 2]), 'smee/x', { body: 'h', bodyb: 'h', timestamp: 'h', 'content-length': '9' });
+    expect(dataOf(gosmeeEncoder.message(m))).toEqual({ bodyB: 'AAEC', 'content-length': '3', timestamp: '1700000000000' });
+  });
+
+  it('data: ready first (with the start id when live), gosmee-gap, keepalive comments', () => {
+    expect(gosmeeEncoder.preamble).toBeUndefined();
+    expect(gosmeeEncoder.start!('5-0')!.toString()).toBe('data: ready\n\n');
+    expect(gosmeeEncoder.start!(undefined)!.toString()).toMatch(/^id: \d+-0\ndata: ready\n\n$/);
+    expect(gosmeeEncoder.gap!('5-0').toString()).toBe('event: gosmee-gap\ndata: {"error":"missed_history","requested_id":"5-0"}\n\n');
+    expect(gosmeeEncoder.ping!.toString()).toBe(': ping\n\n');
+  });
+});
+
 describe('encode once per message', () => {
   it('every subscriber of a format gets the very same Buffer', () => {
     const m = msg('shared');
-    for (const e of [rawEncoder, framedEncoder, hookbotV1Encoder, sseEncoder]) {
+    for (const e of [rawEncoder, framedEncoder, hookbotV1Encoder, sseEncoder, smeeEncoder, gosmeeEncoder]) {
+
       expect(m.encoded(e.key, e.message)).toBe(m.encoded(e.key, e.message));
     }
     expect(m.encoded(rawEncoder.key, rawEncoder.message)).not.toBe(m.encoded(framedEncoder.key, framedEncoder.message));

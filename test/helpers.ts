@@ -3,7 +3,9 @@
  * that end on events or a timeout, never on a fixed sleep.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingHttpHeaders, type Server as HttpServer } from 'node:http';
 import { createServer } from 'node:net';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
@@ -216,10 +218,20 @@ export interface Proc {
  * environment variables) gets a temporary data directory, removed when it
  * exits, so no test writes ./hookbot-data.
  */
+/** The command of a CLI line: the first word that is not an option, past the global options and their values (as the original has them). */
+function commandOf(args: readonly string[]): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (/^--?(key|github-secret)$/.test(a)) i++;
+    else if (!a.startsWith('-')) return a;
+  }
+  return undefined;
+}
+
 export function runCli(args: string[], env: Record<string, string | undefined> = {}, input?: string): Proc {
   let dir: string | undefined;
   if (
-    args[0] === 'serve' &&
+    commandOf(args) === 'serve' &&
     !args.some((a) => a === '--data-dir' || a === '--memory' || a === '--redis' || a.startsWith('--data-dir=') || a.startsWith('--redis=')) &&
     !env.HOOKBOT_DATA_DIR &&
     !env.HOOKBOT_MEMORY &&
@@ -289,4 +301,176 @@ export async function startServeProcess(args: string[] = [], env: Record<string,
   const proc = runCli(['serve', '--bind', `127.0.0.1:${port}`, ...args], { HOOKBOT_KEY: KEY, ...env });
   await proc.waitForLine(/Listening on/);
   return Object.assign(proc, { port, url: `http://127.0.0.1:${port}` });
+}
+
+export interface SseEvent {
+  id?: string;
+  event?: string;
+  data: string;
+}
+
+/** A streaming SSE response: keeps every raw byte and the events parsed from them as the spec says. */
+export class SseStream {
+  readonly res: Response;
+  raw = '';
+  readonly events: SseEvent[] = [];
+  readonly comments: string[] = [];
+  ended = false;
+  readonly #abort: AbortController;
+  #parsed = 0;
+  #waiters: Array<() => void> = [];
+
+  constructor(res: Response, abort: AbortController) {
+    this.res = res;
+    this.#abort = abort;
+    void this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    const reader = this.res.body!.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        this.raw += decoder.decode(value, { stream: true });
+        this.#parse();
+        this.#wake();
+      }
+    } catch {
+      // aborted
+    }
+    this.ended = true;
+    this.#wake();
+  }
+
+  #parse(): void {
+    for (;;) {
+      const end = this.raw.indexOf('\n\n', this.#parsed);
+      if (end === -1) return;
+      const block = this.raw.slice(this.#parsed, end);
+      this.#parsed = end + 2;
+      const event: SseEvent = { data: '' };
+      const data: string[] = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith(':')) {
+          this.comments.push(line.slice(1).trim());
+          continue;
+        }
+        const colon = line.indexOf(':');
+        const field = colon === -1 ? line : line.slice(0, colon);
+        let value = colon === -1 ? '' : line.slice(colon + 1);
+        if (value.startsWith(' ')) value = value.slice(1);
+        if (field === 'data') data.push(value);
+        else if (field === 'id') event.id = value;
+        else if (field === 'event') event.event = value;
+      }
+      if (data.length === 0) continue;
+      event.data = data.join('\n');
+      this.events.push(event);
+    }
+  }
+
+  #wake(): void {
+    for (const w of this.#waiters.splice(0)) w();
+  }
+
+  until(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+    if (predicate()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.raw.slice(-500))}`)), timeoutMs);
+      const check = () => {
+        if (predicate()) {
+          clearTimeout(timer);
+          resolve();
+        } else this.#waiters.push(check);
+      };
+      this.#waiters.push(check);
+    });
+  }
+
+  async waitFor(n: number, timeoutMs = 5000): Promise<SseEvent[]> {
+    await this.until(() => this.events.length >= n, `${n} events (have ${this.events.length})`, timeoutMs);
+    return this.events.slice(0, n);
+  }
+
+  close(): void {
+    this.#abort.abort();
+  }
+}
+
+/** GitHub's `X-Hub-Signature-256` of a body under a webhook secret. */
+export function githubSignature(secret: string, body: Buffer | string): string {
+  return 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
+}
+
+export interface Delivery {
+  method: string;
+  /** Path and query as requested. */
+  url: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/**
+ * A local app that webhooks are forwarded to: records every request with its
+ * raw body and, given a secret, answers 401 unless X-Hub-Signature-256 is the
+ * body's HMAC (as a GitHub app checks it), else 200.
+ */
+export class WebhookApp {
+  readonly deliveries: Delivery[] = [];
+  /** Requests whose signature did not verify (with a secret). */
+  readonly refused: Delivery[] = [];
+  readonly #server: HttpServer;
+  #url = '';
+  #waiters: Array<() => void> = [];
+
+  private constructor(secret: string | undefined) {
+    this.#server = createHttpServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const d: Delivery = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body: Buffer.concat(chunks) };
+        const ok = secret === undefined || req.headers['x-hub-signature-256'] === githubSignature(secret, d.body);
+        (ok ? this.deliveries : this.refused).push(d);
+        res.writeHead(ok ? 200 : 401).end();
+        for (const w of this.#waiters.splice(0)) w();
+      });
+    });
+  }
+
+  /** Where to send: http://127.0.0.1:<port><path>. */
+  get url(): string {
+    return this.#url;
+  }
+
+  static async start(secret?: string, path = '/webhook'): Promise<WebhookApp> {
+    const app = new WebhookApp(secret);
+    app.#server.listen(0, '127.0.0.1');
+    await once(app.#server, 'listening');
+    app.#url = `http://127.0.0.1:${(app.#server.address() as { port: number }).port}${path}`;
+    return app;
+  }
+
+  /** Resolves once `n` requests were accepted; rejects at once if one was refused. */
+  waitFor(n: number, timeoutMs = 10_000): Promise<Delivery[]> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} deliveries (have ${this.deliveries.length})`)), timeoutMs);
+      const check = () => {
+        if (this.refused.length > 0) {
+          clearTimeout(timer);
+          reject(new Error(`the app refused a delivery: ${this.refused[0].body.toString().slice(0, 200)}`));
+        } else if (this.deliveries.length >= n) {
+          clearTimeout(timer);
+          resolve(this.deliveries.slice(0, n));
+        } else this.#waiters.push(check);
+      };
+      check();
+    });
+  }
+
+  close(): Promise<void> {
+    this.#server.closeAllConnections();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
 }

@@ -80,6 +80,8 @@ describe('the serve option table', () => {
       maxSubscriptions: { flag: '4', env: '4' },
       limitExempt: { flag: '10.0.0.0/8', env: '10.0.0.0/8' },
       trustProxy: { flag: true, env: 'true' },
+      smee: { flag: true, env: 'true' },
+      publicUrl: { flag: 'https://relay.example.com/hooks', env: 'https://relay.example.com/hooks' },
       logLevel: { flag: 'warn', env: 'warn' },
     };
     expect(Object.keys(samples).sort()).toEqual(entries.map(([name]) => name).sort());
@@ -122,6 +124,9 @@ describe('the serve option table', () => {
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_MAX_BODY: '0' })).toThrow(/^--max-body must be at least 1 byte \(from HOOKBOT_MAX_BODY\)$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_ROUTER: 'bitbucket' })).toThrow(/^--router "bitbucket" is not a router; available: github, gitlab \(from HOOKBOT_ROUTER\)$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_KEEP_HEADER: 'Authorization' })).toThrow(/--keep-header authorization would store credentials/);
+    expect(() => resolveServeConfig({ key: 'k', publicUrl: 'relay.example.com' }, {})).toThrow(/^--public-url must be an absolute URL such as https:\/\/hookbot.example.com, got "relay.example.com"$/);
+    expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_PUBLIC_URL: 'https://relay.example.com/?a=1' })).toThrow(/^--public-url must be scheme, host .* \(from HOOKBOT_PUBLIC_URL\)$/);
+    expect(resolveServeConfig({ key: 'k', publicUrl: 'https://relay.example.com' }, {}).publicUrl).toBe('https://relay.example.com/');
   });
 });
 

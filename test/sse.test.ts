@@ -6,106 +6,10 @@
 import { request, type IncomingMessage } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HookbotServer } from '../src/server/server.js';
-import { bearer, eventually, publish, startTestServer } from './helpers.js';
+import { bearer, eventually, publish, SseStream, startTestServer } from './helpers.js';
 
 const UNSAFE_OK = { 'x-hookbot-unsafe-is-ok': 'I understand the security implications' };
 const PREAMBLE = 'retry: 2000\n\n';
-
-interface SseEvent {
-  id?: string;
-  event?: string;
-  data: string;
-}
-
-/** A streaming SSE response: keeps every raw byte and the events parsed from them as the spec says. */
-class SseStream {
-  readonly res: Response;
-  raw = '';
-  readonly events: SseEvent[] = [];
-  readonly comments: string[] = [];
-  ended = false;
-  readonly #abort: AbortController;
-  #parsed = 0;
-  #waiters: Array<() => void> = [];
-
-  constructor(res: Response, abort: AbortController) {
-    this.res = res;
-    this.#abort = abort;
-    void this.#pump();
-  }
-
-  async #pump(): Promise<void> {
-    const reader = this.res.body!.getReader();
-    const decoder = new TextDecoder();
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        this.raw += decoder.decode(value, { stream: true });
-        this.#parse();
-        this.#wake();
-      }
-    } catch {
-      // aborted
-    }
-    this.ended = true;
-    this.#wake();
-  }
-
-  #parse(): void {
-    for (;;) {
-      const end = this.raw.indexOf('\n\n', this.#parsed);
-      if (end === -1) return;
-      const block = this.raw.slice(this.#parsed, end);
-      this.#parsed = end + 2;
-      const event: SseEvent = { data: '' };
-      const data: string[] = [];
-      for (const line of block.split('\n')) {
-        if (line.startsWith(':')) {
-          this.comments.push(line.slice(1).trim());
-          continue;
-        }
-        const colon = line.indexOf(':');
-        const field = colon === -1 ? line : line.slice(0, colon);
-        let value = colon === -1 ? '' : line.slice(colon + 1);
-        if (value.startsWith(' ')) value = value.slice(1);
-        if (field === 'data') data.push(value);
-        else if (field === 'id') event.id = value;
-        else if (field === 'event') event.event = value;
-      }
-      if (data.length === 0) continue;
-      event.data = data.join('\n');
-      this.events.push(event);
-    }
-  }
-
-  #wake(): void {
-    for (const w of this.#waiters.splice(0)) w();
-  }
-
-  until(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-    if (predicate()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.raw.slice(-500))}`)), timeoutMs);
-      const check = () => {
-        if (predicate()) {
-          clearTimeout(timer);
-          resolve();
-        } else this.#waiters.push(check);
-      };
-      this.#waiters.push(check);
-    });
-  }
-
-  async waitFor(n: number, timeoutMs = 5000): Promise<SseEvent[]> {
-    await this.until(() => this.events.length >= n, `${n} events (have ${this.events.length})`, timeoutMs);
-    return this.events.slice(0, n);
-  }
-
-  close(): void {
-    this.#abort.abort();
-  }
-}
 
 async function sse(server: HookbotServer, path: string, headers: Record<string, string> = {}): Promise<SseStream> {
   const abort = new AbortController();

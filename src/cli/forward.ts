@@ -1,12 +1,15 @@
 /**
  * `hookbot forward`: re-deliver each message as the original HTTP request
- * (headers and body bytes) to a local URL, with retries.
+ * (headers and body bytes) to a local URL, with retries. A smee channel's
+ * URL works as it is (the server takes hookbot.v1 on it, no token); its
+ * messages' query strings are forwarded as smee-client forwards them.
  */
 import http from 'node:http';
 import https from 'node:https';
 import type { Command } from 'commander';
 import { ConfigError, parseCount, parseDuration } from '../server/config.js';
 import type { Message } from '../client/index.js';
+import { CHANNEL_QUERY_HEADER } from '../protocol/channels.js';
 import type { Logger } from '../server/log.js';
 import { commonOptions, eventOf, readCa, retryDelay, runClient, sleep, withDefault, type CommonOptions, type Handler } from './subscriber.js';
 
@@ -26,7 +29,7 @@ export function registerForward(program: Command): void {
     program
       .command('forward')
       .description('re-deliver each message as the original HTTP request to a local URL')
-      .argument('<url>', 'ws[s]://TOKEN@host/sub/<topic> (http[s]:// also accepted)'),
+      .argument('<url>', 'ws[s]://TOKEN@host/sub/<topic>, or a smee channel URL (http[s]:// also accepted)'),
   )
     .requiredOption('--to <url>', 'where to POST each message, e.g. http://localhost:3000/webhook')
     .addOption(withDefault('--retries <n>', 'retries on connection errors, timeouts and 5xx before giving up on a message', '5'))
@@ -55,6 +58,8 @@ const HOP_HEADERS = new Set([
   'transfer-encoding',
   'upgrade',
   'authorization',
+  // A smee channel's query string: it goes back into the URL (forwardTarget), as smee-client does.
+  CHANNEL_QUERY_HEADER,
 ]);
 
 export function forwardHeaders(m: Message): Record<string, string> {
@@ -63,6 +68,25 @@ export function forwardHeaders(m: Message): Record<string, string> {
   headers['content-length'] = String(m.body.length);
   headers['x-hookbot-message-id'] = m.id;
   return headers;
+}
+
+/**
+ * Where one message goes: `--to`, plus the query string a smee channel
+ * message was posted with (its parameters replace the target's of the same
+ * name). With no query of its own the target gets it byte for byte.
+ */
+export function forwardTarget(target: URL, m: Message): URL {
+  const query = m.headers[CHANNEL_QUERY_HEADER];
+  if (!query) return target;
+  const url = new URL(target);
+  if (url.search === '') {
+    url.search = '?' + query;
+    return url;
+  }
+  const params = new URLSearchParams(query);
+  for (const name of new Set(params.keys())) url.searchParams.delete(name);
+  for (const [name, value] of params) url.searchParams.append(name, value);
+  return url;
 }
 
 interface Attempt {
@@ -131,7 +155,7 @@ function post(target: URL, agent: http.Agent, m: Message, timeoutMs: number): Pr
     let req: http.ClientRequest;
     try {
       const request = target.protocol === 'https:' ? https.request : http.request;
-      req = request(target, { method: 'POST', agent, headers: forwardHeaders(m) });
+      req = request(forwardTarget(target, m), { method: 'POST', agent, headers: forwardHeaders(m) });
     } catch (err) {
       // An invalid header value: sending it again will not help.
       return resolve({ status: 400, error: (err as Error).message });

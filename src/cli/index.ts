@@ -1,7 +1,7 @@
 /**
  * The `hookbot` command line: the program, its global options and `main`.
- * Each command is a file of its own: serve, make-tokens, sub, forward (and
- * route-github). The original's command lines work unchanged: `--key` and
+ * Each command is a file of its own: serve, make-tokens, new-channel, sub,
+ * forward (and route-github). The original's command lines work unchanged: `--key` and
  * `--github-secret` before the command (or after it), `-v`, `help`/`h`, its
  * short flags and aliases, and Go-style single-dash long flags.
  */
@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { registerForward } from './forward.js';
 import { registerMakeTokens } from './make-tokens.js';
+import { registerNewChannel } from './new-channel.js';
 import { addGlobalOptions } from './options.js';
 import { registerServe } from './serve.js';
 import { registerRouteGithub } from './route-github.js';
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
 
   registerServe(program);
   registerMakeTokens(program);
+  registerNewChannel(program);
   registerRouteGithub(program);
   registerSub(program);
   registerForward(program);

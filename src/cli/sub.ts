@@ -22,7 +22,7 @@ export function registerSub(program: Command): void {
     program
       .command('sub')
       .description('subscribe and print each message (or run --exec for each)')
-      .argument('<url>', 'ws[s]://TOKEN@host/sub/<topic> (http[s]:// also accepted)'),
+      .argument('<url>', 'ws[s]://TOKEN@host/sub/<topic>, or a smee channel URL (http[s]:// also accepted)'),
   )
     .option('--json', 'one JSON object per line: id, topic, time, headers, body (+ "encoding":"base64" when binary)')
     .option('--exec <command>', 'run this shell command per message, body on stdin, one at a time, in order')

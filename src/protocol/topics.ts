@@ -5,6 +5,7 @@
  * topic. Unsafe topics are prefixed with `/unsafe/` so that they can never
  * reach a safe subscriber of the same name.
  */
+import { channelTopic, GOSMEE_EVENTS_PREFIX, isChannelId } from './channels.js';
 import { HttpError, Status } from './errors.js';
 
 /** The molly-guard header `/unsafe/sub/` requires, with the original's exact value and refusal. */
@@ -34,6 +35,11 @@ export interface Endpoint {
   topic: string;
   /** The percent-decoded path, which tokens are made for. */
   path: string;
+  /**
+   * Set on a smee channel's paths (`/<id>`, and gosmee's `/events/<id>`, whose
+   * action is `sub`): the channel id, the capability that replaces the token.
+   */
+  channel?: string;
 }
 
 const badPath = (message: string) => new HttpError(Status.BAD_REQUEST, message);
@@ -44,8 +50,13 @@ const tooLong = () => new HttpError(Status.URI_TOO_LONG, `a topic is at most ${M
  * percent-decoded path, as the original does; unsafe topics are prefixed with
  * `/unsafe/` so they can never reach a safe subscriber of the same name, and
  * a safe topic may not begin with `/`, so none can spell an unsafe one.
+ *
+ * With `channels` (serve --smee), a path that is exactly a well-formed
+ * channel id, `/<id>` or `/events/<id>`, is that channel, on topic
+ * `smee/<id>`; whether this server minted it is the admission's question.
+ * Every other path keeps its meaning.
  */
-export function parseEndpoint(rawPath: string): Endpoint {
+export function parseEndpoint(rawPath: string, channels = false): Endpoint {
   if (!rawPath.startsWith('/')) throw badPath('path must start with /');
   if (rawPath.length > MAX_RAW_PATH) throw tooLong();
   let path: string;
@@ -56,6 +67,12 @@ export function parseEndpoint(rawPath: string): Endpoint {
   }
    
   if (/[\u0000-\u001f\u007f]/.test(path)) throw badPath('control character in path');
+
+  if (channels) {
+    const events = path.startsWith(GOSMEE_EVENTS_PREFIX);
+    const id = path.slice(events ? GOSMEE_EVENTS_PREFIX.length : 1);
+    if (isChannelId(id)) return { action: events ? 'sub' : 'any', unsafe: false, topic: channelTopic(id), path, channel: id };
+  }
 
   let action: Endpoint['action'];
   let unsafe = false;

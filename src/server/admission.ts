@@ -5,6 +5,11 @@
  *
  *   shutdown → path → unsafe header → token → since → limits
  *
+ * A smee channel (serve --smee) goes through the same steps: its path
+ * resolves to its topic, and the capability check (did this server mint the
+ * id?) stands where the token check is, since the channel URL is the
+ * credential; an id it did not mint is 404, as if no such channel existed.
+ *
  * The limits come last so that only a request that would otherwise be served
  * takes a subscriber slot. The result is the admitted subscription or one
  * HttpError, which the transport renders (server/http/respond.ts).
@@ -53,13 +58,17 @@ export function admit(ctx: Context, req: IncomingMessage, transport: TransportNa
   if (ctx.shuttingDown) throw SHUTTING_DOWN();
 
   const { path, query } = splitUrl(req.url);
-  const endpoint = parseEndpoint(path);
+  const endpoint = parseEndpoint(path, ctx.channels !== undefined);
   if (endpoint.action === 'pub') throw new HttpError(Status.BAD_REQUEST, 'publish with POST; subscribe at /sub/<topic>');
 
   if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) throw new HttpError(Status.BAD_REQUEST, '', {}, UNSAFE_HEADER_ERROR);
 
-  // Checked once per connection, so kept out of the per-path digest cache that publishes use.
-  if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) throw unauthorized();
+  if (endpoint.channel !== undefined) {
+    if (!ctx.channels?.verify(endpoint.channel)) throw noSuchChannel();
+  } else if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) {
+    // Checked once per connection, so kept out of the per-path digest cache that publishes use.
+    throw unauthorized();
+  }
 
   let since: string | undefined;
   for (const source of sinceSources) {
@@ -75,6 +84,11 @@ export function admit(ctx: Context, req: IncomingMessage, transport: TransportNa
     throw slot;
   }
   return { endpoint, query, since, slot };
+}
+
+/** A channel id this server did not mint: nothing says whether it was ever anything. */
+export function noSuchChannel(): HttpError {
+  return new HttpError(Status.NOT_FOUND, 'no such channel');
 }
 
 export function unauthorized(): HttpError {

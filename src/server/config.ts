@@ -14,7 +14,7 @@ import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
 import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
 import { ROUTERS } from './routers/registry.js';
 
-export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
+export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parsePublicUrl, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
 export type { Bind, ServeOptions, ServeValues } from './options.js';
 
 /** Every serve option, validated; the limits' fields are LimitsConfig's. */
@@ -61,6 +61,10 @@ export interface Config extends LimitsConfig {
   bodyTimeoutMs: number;
   /** Idle keep-alive connections are closed after this long. */
   idleTimeoutMs: number;
+  /** serve --smee: smee.io- and gosmee-compatible channels. */
+  smee: boolean;
+  /** Where the server is reached (origin and a path ending in `/`), for the channel URLs /new hands out; else from the request. */
+  publicUrl?: string;
 }
 
 /** The key from --key or HOOKBOT_KEY; missing is the error the original gives. */
@@ -157,6 +161,8 @@ export function resolveServeConfig(opts: ServeOptions, env: NodeJS.ProcessEnv = 
     headerTimeoutMs: v.headerTimeout,
     bodyTimeoutMs: v.bodyTimeout,
     idleTimeoutMs: v.idleTimeout,
+    smee: v.smee,
+    ...(v.publicUrl !== undefined ? { publicUrl: v.publicUrl } : {}),
   };
 }
 

@@ -81,6 +81,23 @@ export function parseBoolean(value: string | boolean, option: string): boolean {
   throw new ConfigError(`${option} must be true or false, got ${JSON.stringify(value)}`);
 }
 
+/**
+ * An absolute http(s) URL the server is reached at, as its origin and a path
+ * ending in `/` (channel ids are appended to it): `https://h.example.com/hooks/`.
+ */
+export function parsePublicUrl(value: string, option: string): string | undefined {
+  if (value === '') return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(`${option} must be an absolute URL such as https://hookbot.example.com, got ${JSON.stringify(value)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${option} must be an http:// or https:// URL, got ${JSON.stringify(value)}`);
+  if (url.username || url.password || url.search || url.hash) throw new ConfigError(`${option} must be scheme, host and an optional path, without credentials, query or fragment`);
+  return url.origin + (url.pathname.endsWith('/') ? url.pathname : url.pathname + '/');
+}
+
 /** The inverse of parseSize for exact units, so defaults derived from constants read as typed. */
 export function formatSize(bytes: number): string {
   for (const [unit, n] of [['GiB', GiB], ['MiB', MiB], ['KiB', KiB]] as const) if (bytes >= n && bytes % n === 0) return `${bytes / n}${unit}`;
@@ -480,6 +497,21 @@ export const SERVE_OPTIONS = {
     defaultText: 'off; bare: 1',
     help: 'take the client address from X-Forwarded-For, set by this many proxies in front',
     parse: (value: string | true, option: string) => (value === true || value === 'true' ? 1 : value === 'false' ? 0 : parseCount(value, option)),
+  },
+  smee: {
+    kind: 'flag',
+    flags: '--smee',
+    env: 'HOOKBOT_SMEE',
+    defaultText: 'off',
+    help: 'serve smee.io- and gosmee-compatible channels: GET /new mints one, its URL is the credential to publish and subscribe',
+  },
+  publicUrl: {
+    kind: 'value',
+    flags: '--public-url <url>',
+    env: 'HOOKBOT_PUBLIC_URL',
+    defaultText: 'from the request',
+    help: 'scheme, host (and path) this server is reached at, for the channel URLs /new hands out',
+    parse: parsePublicUrl,
   },
   logLevel: {
     kind: 'value',

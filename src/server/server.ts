@@ -21,6 +21,7 @@ import { Metrics } from './ops/metrics.js';
 import { startRouters } from './routers/index.js';
 import { Sessions } from './subscriber.js';
 import { SseTransport } from './transports/sse.js';
+import { ChannelIds } from '../protocol/channels.js';
 import { TokenVerifier } from '../protocol/tokens.js';
 import { WebSocketTransport } from './transports/websocket.js';
 
@@ -67,7 +68,16 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   const metrics = new Metrics({ broker, subscribers: () => sessions.counts(), bodyInFlight: () => limits.bodyInFlight }, config.metricsToken);
   // Subscribed before listening, so no webhook arriving at startup goes unrouted.
   const routers = await startRouters(config, broker, log, metrics);
-  const ctx: Context = { config, broker, tokens: new TokenVerifier(config.keys), log, metrics, limits, shuttingDown: false };
+  const ctx: Context = {
+    config,
+    broker,
+    tokens: new TokenVerifier(config.keys),
+    ...(config.smee ? { channels: new ChannelIds(config.keys) } : {}),
+    log,
+    metrics,
+    limits,
+    shuttingDown: false,
+  };
   const ws = new WebSocketTransport(ctx, sessions);
   const sse = new SseTransport(ctx, sessions);
   const http = createHttpHandler(ctx, sse);

@@ -25,6 +25,15 @@ export interface Encoder {
   readonly message: (m: Message) => Buffer;
   /** Written first, before any history. */
   readonly preamble?: Buffer;
+  /**
+   * Written as the session starts (after the preamble, before any history),
+   * given the id it resumes after (undefined: live only). For EventSource
+   * clients, which resume only from the last `id:` they were given: a stream
+   * that starts live can tell them where it starts, so a reconnect before any
+   * message arrived still resumes instead of going live and missing what was
+   * published in between.
+   */
+  readonly start?: (since: string | undefined) => Buffer | undefined;
   /** The replay after `since` is incomplete (or, live, messages after it were missed). */
   readonly gap?: (since: string) => Buffer;
   /** The replay is over; live messages follow. */
@@ -114,6 +123,8 @@ export class Session implements Subscriber {
 
   /** Subscribes with the broker, replaying history after `since` first. */
   start(since: string | undefined): void {
+    const first = this.#encoder.start?.(since);
+    if (first) this.#out.write(first);
     this.#sessions.broker.subscribe(this, since).catch((err: Error) => {
       this.#sessions.log.warn({ topic: this.topic, err: err.message }, 'resume failed');
       this.#end('resume-failed');

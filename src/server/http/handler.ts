@@ -5,11 +5,13 @@
  * endpoints go to the express app in ./ops.ts.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { NEW_CHANNEL_PATH } from '../../protocol/channels.js';
 import { HttpError, Status } from '../../protocol/errors.js';
 import { parseEndpoint, type Endpoint } from '../../protocol/topics.js';
 import { splitUrl } from '../admission.js';
 import type { Context } from '../context.js';
 import { wantsEventStream, type SseTransport } from '../transports/sse.js';
+import { ChannelRoutes } from './channels.js';
 import { declinedUpgrade } from './connections.js';
 import { createOpsApp, isOpsPath } from './ops.js';
 import { publish } from './publish.js';
@@ -24,6 +26,8 @@ const NOT_A_SUBSCRIPTION = new HttpError(
 
 export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler {
   const app = createOpsApp(ctx);
+  // serve --smee: /new and the channel paths (see ./channels.ts).
+  const channels = ctx.channels ? new ChannelRoutes(ctx, sse) : undefined;
 
   return (req: IncomingMessage, res: ServerResponse): void => {
     // An upgrade offer we did not take may leave the parser in upgrade mode: this connection serves one request.
@@ -37,12 +41,15 @@ export function createHttpHandler(ctx: Context, sse: SseTransport): HttpHandler 
     if (path === '/status') return reply(res, Status.OK, 'OK');
     if (isOpsPath(path)) return void app(req as Parameters<typeof app>[0], res as Parameters<typeof app>[1]);
 
+    if (channels && path === NEW_CHANNEL_PATH) return channels.mint(req, res);
+
     let endpoint: Endpoint;
     try {
-      endpoint = parseEndpoint(path);
+      endpoint = parseEndpoint(path, channels !== undefined);
     } catch (err) {
       return replyError(res, asHttpError(err));
     }
+    if (endpoint.channel !== undefined) return channels!.handle(req, res, endpoint, query);
     const method = req.method ?? 'GET';
 
     if (endpoint.action === 'pub' || (endpoint.action === 'any' && method === 'POST')) {

@@ -5,6 +5,7 @@
  */
 import express from 'express';
 import type { Context } from '../context.js';
+import { CHANNEL_ASSETS, CHANNEL_ASSETS_PATH, CHANNEL_PAGE_CSP, CHANNEL_PAGE_DIR, redeliverOnChannel } from '../ops/channel-page.js';
 import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
 
 /** Paths the operational app answers; everything else is a topic. */
@@ -40,6 +41,7 @@ export function createOpsApp(ctx: Context): express.Express {
     }
     ctx.metrics.render().then((text) => res.set('cache-control', 'no-store').type(ctx.metrics.contentType).send(text), next);
   });
+  if (ctx.channels) mountChannelPage(app, ctx);
   mountInspector(app, ctx);
   // Last: unknown operational paths and errors get plain answers.
   app.use((_req, res) => {
@@ -51,6 +53,21 @@ export function createOpsApp(ctx: Context): express.Express {
     res.status(status).type('text/plain').send(status >= 500 ? '500 Internal Server Error\n' : `${status} ${err.message}\n`);
   });
   return app;
+}
+
+/** A smee channel page's script and styles, and its Redeliver call (the channel id in the body is the credential). */
+function mountChannelPage(app: express.Express, ctx: Context): void {
+  app.use(CHANNEL_ASSETS_PATH, (_req, res, next) => {
+    res.set({ 'content-security-policy': CHANNEL_PAGE_CSP, 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' });
+    next();
+  });
+  app.post(`${CHANNEL_ASSETS_PATH}/redeliver`, express.json({ limit: '4kb' }), (req, res, next) => {
+    res.set('cache-control', 'no-store');
+    redeliverOnChannel(ctx, req, req.body).then((out) => res.status(out.status).json(out.body), next);
+  });
+  // Only the assets: the page itself is served at each channel's own URL, for minted ids only.
+  const assets = express.static(CHANNEL_PAGE_DIR, { index: false, fallthrough: true, maxAge: 0 });
+  app.use(CHANNEL_ASSETS_PATH, (req, res, next) => (CHANNEL_ASSETS.has(req.path) ? assets(req, res, next) : next()));
 }
 
 /** The inspector: its static page under /_/ and its token-protected JSON API under /_/api/. */

@@ -4,12 +4,19 @@
  * the token, so guessing tokens is rate limited too), the token, the query;
  * then the body is read as a stream, never buffered past --max-body, and the
  * answer is `200` only once the backend has accepted the message.
+ *
+ * A smee channel (`POST /<channel id>`, serve --smee) is the same publish
+ * with the channel's capability in place of the token: it keeps every
+ * end-to-end request header and its query string (the query is the sender's,
+ * so `?extra-metadata=` means nothing there), and answers `200` with an empty
+ * body, as smee.io does.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { HttpError, Status } from '../../protocol/errors.js';
 import { Message, type Headers } from '../../protocol/message.js';
+import { CHANNEL_QUERY_HEADER } from '../../protocol/channels.js';
 import type { Endpoint } from '../../protocol/topics.js';
-import { unauthorized, SHUTTING_DOWN } from '../admission.js';
+import { noSuchChannel, unauthorized, SHUTTING_DOWN } from '../admission.js';
 import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY, type PublishOptions } from '../backends/backend.js';
 import type { Context } from '../context.js';
 import type { RejectReason } from '../ops/metrics.js';
@@ -40,6 +47,47 @@ export function keptHeaders(raw: IncomingMessage['headers'], extra: readonly str
   return out;
 }
 
+/**
+ * Headers that are about one hop or hold a credential: never kept with a
+ * channel message. A subscriber's client sets its own hop headers (some, such
+ * as `connection`, make fetch refuse the request outright), and a channel's
+ * messages are readable by anyone holding its URL.
+ */
+const NOT_KEPT_ON_CHANNELS = new Set([
+  'host',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+  'content-length',
+  'http2-settings',
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  CHANNEL_QUERY_HEADER,
+]);
+
+/**
+ * What a channel message keeps: every other request header, as smee.io
+ * relays them (smee-client and gosmee forward them), and the raw query
+ * string under CHANNEL_QUERY_HEADER.
+ */
+export function channelHeaders(raw: IncomingMessage['headers'], url: string | undefined): Headers {
+  const out: Headers = {};
+  for (const name in raw) {
+    const value = raw[name];
+    if (value === undefined || NOT_KEPT_ON_CHANNELS.has(name)) continue;
+    out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  const q = url?.indexOf('?') ?? -1;
+  if (q !== -1 && q < url!.length - 1) out[CHANNEL_QUERY_HEADER] = url!.slice(q + 1);
+  return out;
+}
+
 /** A refusal with the metrics reason it counts under. */
 function refuse(ctx: Context, res: ServerResponse, reason: RejectReason, err: HttpError): void {
   ctx.metrics.publishRejected(reason);
@@ -63,9 +111,15 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
   // Before the token, so guessing tokens is rate limited too.
   const limited = limits.publish(req);
   if (limited) return refuseUnread(ctx, req, res, 'rate_limited', limited);
-  if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) return refuseUnread(ctx, req, res, 'unauthorized', unauthorized());
+  const channel = endpoint.channel !== undefined;
+  if (channel) {
+    // The URL is the credential: an id this server did not mint is no channel.
+    if (!ctx.channels?.verify(endpoint.channel!)) return refuseUnread(ctx, req, res, 'unauthorized', noSuchChannel());
+  } else if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) {
+    return refuseUnread(ctx, req, res, 'unauthorized', unauthorized());
+  }
 
-  const metadata = query.get('extra-metadata');
+  const metadata = channel ? null : query.get('extra-metadata');
   const envelope = metadata === null ? undefined : envelopeFor(metadata);
   if (metadata !== null && !envelope) {
     return refuseUnread(ctx, req, res, 'bad_request', new HttpError(Status.BAD_REQUEST, `bad ?extra-metadata=: supported values are ${ROUTER_NAMES.join(', ')}`));
@@ -131,12 +185,13 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
     if (settled) return;
     const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
     finish();
-    const headers = keptHeaders(req.headers, config.keepHeaders);
+    const headers = channel ? channelHeaders(req.headers, req.url) : keptHeaders(req.headers, config.keepHeaders);
     const body = envelope ? envelope(req.headers, raw) : raw;
+    const answer = channel ? '' : OK;
     const accepted = (message: Message) => {
       ctx.metrics.publishAccepted(size, startedAt);
-      res.writeHead(Status.OK, ['content-type', TEXT, 'content-length', '3', 'x-content-type-options', NOSNIFF, 'x-hookbot-message-id', message.id]);
-      res.end(OK);
+      res.writeHead(Status.OK, ['content-type', TEXT, 'content-length', String(answer.length), 'x-content-type-options', NOSNIFF, 'x-hookbot-message-id', message.id]);
+      res.end(answer);
     };
     const failedToStore = (err: Error) => {
       if (err instanceof BackendUnavailableError) return refuse(ctx, res, 'unavailable', new HttpError(Status.SERVICE_UNAVAILABLE, err.message, { 'retry-after': '1' }));

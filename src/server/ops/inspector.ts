@@ -63,7 +63,7 @@ interface TopicRow {
   dispatched: number;
 }
 
-const error = (status: number, message: string): ApiResponse => ({ status, body: { error: message } });
+export const error = (status: number, message: string): ApiResponse => ({ status, body: { error: message } });
 
 export class Inspector {
   readonly #ctx: Context;
@@ -164,22 +164,31 @@ export class Inspector {
     const id = body?.id;
     if (typeof topic !== 'string' || topic === '' || topic.length > MAX_TOPIC_LENGTH) return error(400, 'topic is required: {"topic": "...", "id": "..."}');
     if (typeof id !== 'string' || !isMessageId(id)) return error(400, 'id must be a message id such as 1700000000000-0');
-    const { broker, log } = this.#ctx;
-    if (this.#ctx.shuttingDown) return error(503, 'server is shutting down');
-    let original: Message | undefined;
-    try {
-      original = (await broker.history(topic)).messages.find((m) => m.id === id);
-    } catch (err) {
-      return error(503, `history unavailable: ${(err as Error).message}`);
-    }
-    if (!original) return error(404, `message ${id} is no longer in the history of ${topic}`);
-    try {
-      const copy = await broker.publish(original.topic, original.headers, original.body);
-      log.info({ topic: original.topic, original: id, id: copy.id }, 'inspector redelivered a message');
-      return { status: 200, body: { id: copy.id, topic: original.topic, original: id } };
-    } catch (err) {
-      return error(503, `publish failed: ${(err as Error).message}`);
-    }
+    return redeliver(this.#ctx, topic, id, 'inspector');
+  }
+}
+
+/**
+ * Re-publishes a message still in `topic`'s history with its original headers
+ * and body (the inspector's and a smee channel page's Redeliver); `by` names
+ * who asked, in the log line.
+ */
+export async function redeliver(ctx: Context, topic: string, id: string, by: string): Promise<ApiResponse> {
+  const { broker, log } = ctx;
+  if (ctx.shuttingDown) return error(503, 'server is shutting down');
+  let original: Message | undefined;
+  try {
+    original = (await broker.history(topic)).messages.find((m) => m.id === id);
+  } catch (err) {
+    return error(503, `history unavailable: ${(err as Error).message}`);
+  }
+  if (!original) return error(404, `message ${id} is no longer in the history of ${topic}`);
+  try {
+    const copy = await broker.publish(original.topic, original.headers, original.body);
+    log.info({ topic: original.topic, original: id, id: copy.id }, `${by} redelivered a message`);
+    return { status: 200, body: { id: copy.id, topic: original.topic, original: id } };
+  } catch (err) {
+    return error(503, `publish failed: ${(err as Error).message}`);
   }
 }
 

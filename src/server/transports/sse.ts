@@ -67,8 +67,8 @@ export class SseTransport {
     this.#heartbeat.unref();
   }
 
-  /** Serves a subscribe request with Accept: text/event-stream. */
-  handle(req: IncomingMessage, res: ServerResponse): void {
+  /** Serves a subscribe request with Accept: text/event-stream, in hookbot's format unless told another (smee channels). */
+  handle(req: IncomingMessage, res: ServerResponse, encoder: Encoder = sseEncoder): void {
     let admitted;
     try {
       admitted = admit(this.#ctx, req, 'sse', SSE_SINCE);
@@ -79,7 +79,7 @@ export class SseTransport {
     const { endpoint, since, slot } = admitted;
     // The slot is held for as long as the event stream is open.
     res.once('close', () => slot.release());
-    this.stream(res, endpoint.topic, sseEncoder, since);
+    this.stream(res, endpoint.topic, encoder, since);
   }
 
   /** Opens an event stream of `topic` in `encoder`'s format on an admitted request. */
