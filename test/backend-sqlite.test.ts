@@ -83,11 +83,11 @@ describe('SqliteBackend', () => {
     const seen = a.seenStore(60_000);
     expect(seen.claim('k1')).toBe(false);
     expect(seen.claim('k1')).toBe(true);
-    seen.release('k1');
+    void seen.release('k1');
     expect(seen.claim('k1')).toBe(false);
     expect(seen.claim('k2')).toBe(false);
     await a.publish('c', {}, Buffer.from('commit the claims'));
-    seen.release('k2');
+    void seen.release('k2');
     const b = await reopen(a);
     expect(b.seenStore(60_000).claim('k1')).toBe(true);
     expect(b.seenStore(60_000).claim('k2')).toBe(false);

@@ -209,7 +209,7 @@ describe('serve, as the original', () => {
       const body = await new Promise<string>((resolve, reject) => {
         const req = request(`https://127.0.0.1:${port}/status`, { rejectUnauthorized: false }, (res) => {
           let text = '';
-          res.on('data', (c: Buffer) => (text += c));
+          res.on('data', (c: Buffer) => (text += c.toString()));
           res.on('end', () => resolve(`${res.statusCode} ${text}`));
         });
         req.on('error', reject);

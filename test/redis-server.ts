@@ -77,7 +77,7 @@ export class RedisServer {
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     this.#proc = proc;
-    proc.stderr!.on('data', (d) => (this.#stderr += d.toString()));
+    proc.stderr.on('data', (d) => (this.#stderr += d.toString()));
     let exited: string | undefined;
     proc.once('exit', (code, signal) => {
       exited = `redis-server exited (${code ?? signal}) ${this.#stderr}`;

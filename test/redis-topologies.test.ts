@@ -47,7 +47,7 @@ async function spawnRedis(port: number, args: string[]): Promise<ChildProcess> {
   const proc = spawn('redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: tmp });
   procs.push(proc);
   let stderr = '';
-  proc.stderr!.on('data', (d) => (stderr += d.toString()));
+  proc.stderr.on('data', (d) => (stderr += d.toString()));
   let exited: string | undefined;
   proc.once('exit', (code, signal) => (exited = `redis-server ${args.join(' ')} exited (${code ?? signal}): ${stderr}`));
   const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => 50, enableOfflineQueue: true, maxRetriesPerRequest: null });
@@ -266,8 +266,8 @@ describe.skipIf(noCluster)('Redis Cluster', () => {
     const create = spawn('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '0', '--cluster-yes'], { stdio: ['ignore', 'pipe', 'pipe'] });
     procs.push(create);
     let out = '';
-    create.stdout!.on('data', (d) => (out += d.toString()));
-    create.stderr!.on('data', (d) => (out += d.toString()));
+    create.stdout.on('data', (d) => (out += d.toString()));
+    create.stderr.on('data', (d) => (out += d.toString()));
     const code = await new Promise<number | null>((resolve) => create.once('exit', resolve));
     if (code !== 0) throw new Error(`redis-cli --cluster create failed (${code}): ${out}`);
     await clusterOk();

@@ -107,7 +107,7 @@ describe('hookbot route-github', () => {
   it('killed and restarted mid-stream, loses nothing the server retained and duplicates nothing', async () => {
     const stateFile = join(mkdtempSync(join(tmpdir(), 'hookbot-route-github-')), 'state');
     const branch = new Inbox(await subscribe(server, '/sub/github.com/repo/acme/api/branch/main'));
-    let router = routeGithub(['-u', feedUrl, '--state-file', stateFile]);
+    const router = routeGithub(['-u', feedUrl, '--state-file', stateFile]);
     await router.waitForLine(/"msg":"live"/);
 
     const bodies = Array.from({ length: 24 }, (_, i) => push(sha(0x100 + i)));
@@ -123,7 +123,8 @@ describe('hookbot route-github', () => {
     router.child.kill('SIGKILL');
     await router.exit;
     const routedBeforeKill = branch.messages.length;
-    router = routeGithub(['-u', feedUrl, '--state-file', stateFile]);
+    // The restarted router, killed by afterEach like the first.
+    routeGithub(['-u', feedUrl, '--state-file', stateFile]);
     await sending;
     expect(sent).toBe(bodies.length);
     expect(routedBeforeKill).toBeLessThan(bodies.length);

@@ -45,6 +45,8 @@ function bigPush(size, after) {
   const count = Math.floor((size - head.length - 12) / item.length);
   return Buffer.from(head + ',"pad":[' + item.repeat(count).slice(0, -1) + ']}');
 }`;
+// The same source the attacker process runs, so both build the payload identically.
+// eslint-disable-next-line @typescript-eslint/no-implied-eval
 const bigPush = new Function(`${BIG_PUSH}; return bigPush;`)() as (size: number, after: string) => Buffer;
 
 function sign(body: Buffer, secret: string): string {
@@ -120,7 +122,7 @@ Promise.all(Array.from({ length: Number(connections) }, connection)).then(
 function run(script: string, args: string[], stdin: 'pipe' | 'ignore'): { child: ChildProcess; output: Promise<string> } {
   const child = spawn(process.execPath, ['-e', script, ...args], { stdio: [stdin, 'pipe', 'inherit'] });
   let out = '';
-  child.stdout!.on('data', (c: Buffer) => (out += c));
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
   const output = new Promise<string>((resolve, reject) =>
     child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${script.slice(0, 40)}... exited ${code}`)))),
   );

@@ -169,7 +169,7 @@ describe('claimAny', () => {
   it('stops at the first key already claimed, so a racing node never takes the winner\'s next key', async () => {
     const store = new RecentIds({ windowMs: 60_000 });
     // Node A claimed the delivery id first; node B loses on it...
-    expect(await store.claim('delivery:x')).toBe(false);
+    expect(store.claim('delivery:x')).toBe(false);
     expect(await claimAny(store, ['delivery:x', 'payload:p'])).toBe(true);
     // ...and must have left the payload key for node A, which goes on to publish.
     expect(await claimAny(store, ['payload:p'])).toBe(false);
@@ -180,7 +180,7 @@ describe('claimAny', () => {
     expect(await claimAny(store, ['delivery:a', 'payload:p'])).toBe(false);
     // A replay of the same payload under a fresh id: duplicate by payload, and the fresh id is marked.
     expect(await claimAny(store, ['delivery:b', 'payload:p'])).toBe(true);
-    expect(await store.claim('delivery:b')).toBe(true);
+    expect(store.claim('delivery:b')).toBe(true);
   });
 });
 

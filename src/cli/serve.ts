@@ -3,7 +3,7 @@
  * `serve --help`, the HOOKBOT_* variables and validation agree.
  */
 import type { Command } from 'commander';
-import { resolveServeConfig, SERVE_OPTIONS, type ServeOptions } from '../server/config.js';
+import { resolveServeConfig, SERVE_OPTIONS } from '../server/config.js';
 import type { OptionSpec } from '../server/options.js';
 import { createLogger } from '../server/log.js';
 import { startServer } from '../server/server.js';
@@ -21,7 +21,7 @@ export function registerServe(program: Command): void {
   for (const spec of Object.values(SERVE_OPTIONS) as OptionSpec[]) if (!spec.global) serve.addOption(commanderOption(spec));
 
   serve.action(async (_opts: unknown, cmd: Command) => {
-    const config = resolveServeConfig(typedOptions(cmd) as ServeOptions, process.env);
+    const config = resolveServeConfig(typedOptions(cmd), process.env);
     const log = createLogger(config.logLevel);
     const server = await startServer(config, log);
     const shutdown = (signal: string) => {

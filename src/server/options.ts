@@ -157,6 +157,7 @@ export interface FlagSpec extends SpecBase {
 export type OptionSpec = ValueSpec<unknown> | ListSpec<unknown> | OptionalValueSpec<unknown> | FlagSpec;
 
 const text = (value: string) => value;
+const isFsyncMode = (mode: string): mode is FsyncMode => (FSYNC_MODES as readonly string[]).includes(mode);
 const words = (items: string[]) => items;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -285,9 +286,9 @@ export const SERVE_OPTIONS = {
     env: 'HOOKBOT_FSYNC',
     default: 'normal',
     help: 'normal: an acknowledged publish survives the process dying; always: also a power loss (fsync before each 200)',
-    parse: (mode: string, option: string) => {
-      if (!(FSYNC_MODES as readonly string[]).includes(mode)) throw new ConfigError(`${option} must be one of ${FSYNC_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
-      return mode as FsyncMode;
+    parse: (mode: string, option: string): FsyncMode => {
+      if (!isFsyncMode(mode)) throw new ConfigError(`${option} must be one of ${FSYNC_MODES.join(', ')}, got ${JSON.stringify(mode)}`);
+      return mode;
     },
   },
   redis: {
@@ -363,7 +364,7 @@ export const SERVE_OPTIONS = {
     help: `run an in-server router: ${ROUTER_NAMES.join(', ')} (repeatable, or comma-separated)`,
     parse: (names: string[], option: string) => {
       for (const r of names) {
-        if (!(ROUTER_NAMES as readonly string[]).includes(r)) throw new ConfigError(`${option} ${JSON.stringify(r)} is not a router; available: ${ROUTER_NAMES.join(', ')}`);
+        if (!(ROUTER_NAMES).includes(r)) throw new ConfigError(`${option} ${JSON.stringify(r)} is not a router; available: ${ROUTER_NAMES.join(', ')}`);
       }
       return [...new Set(names)];
     },

@@ -4,7 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendUnavailableError, DEFAULT_RETENTION, storedSize, type Backend, type Retention } from '../../src/server/backends/backend.js';
-import { compareIds, isMessageId, type Headers, type Message } from '../../src/protocol/message.js';
+import { compareIds, isMessageId, type Message } from '../../src/protocol/message.js';
 
 export interface MadeBackend {
   backend: Backend;
@@ -19,7 +19,7 @@ export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5000, 
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
-    if (value) return value as NonNullable<T>;
+    if (value) return value;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }

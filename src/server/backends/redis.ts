@@ -129,7 +129,7 @@ function loadScripts(): NonNullable<typeof scripts> {
     try {
       return readFileSync(new URL(`${name}.lua`, SCRIPT_DIR), 'utf8');
     } catch (err) {
-      throw new Error(`cannot read the Redis script ${name}.lua in ${SCRIPT_DIR.pathname}: ${(err as Error).message} (npm run build copies src/**/*.lua to dist/)`);
+      throw new Error(`cannot read the Redis script ${name}.lua in ${SCRIPT_DIR.pathname}: ${(err as Error).message} (npm run build copies src/**/*.lua to dist/)`, { cause: err });
     }
   };
   // Redis scripts cannot include files: each one is sent with the shared part in front.
@@ -147,7 +147,6 @@ type ScriptedRedis = RedisConnection & {
   hookbotCursor(...args: Arg[]): Promise<[string, string, string]>;
 };
 type LogEntry = [Buffer, Buffer[]];
-type XReadReply = Array<[Buffer, LogEntry[]]> | null;
 
 /** KEYS every script starts with (see common.lua); its own KEYS follow, then the common ARGV, then its own. */
 const COMMON_KEYS = 12;
@@ -409,7 +408,7 @@ export class RedisBackend implements Backend {
       try {
         if (!this.#attached) await this.#attach();
         if (this.#closed) return;
-        const reply = (await this.#reader.xreadBuffer('COUNT', READ_COUNT, 'BLOCK', BLOCK_MS, 'STREAMS', this.#keys.feed, this.#lastDelivered!)) as XReadReply;
+        const reply = (await this.#reader.xreadBuffer('COUNT', READ_COUNT, 'BLOCK', BLOCK_MS, 'STREAMS', this.#keys.feed, this.#lastDelivered!));
         failures = 0;
         const entries = reply?.[0]?.[1] ?? [];
         if (this.#firstReadAfterAttach) {
@@ -542,7 +541,7 @@ export class RedisBackend implements Backend {
   async #recursiveHistory(prefix: string, since: string | undefined, limit: number | undefined): Promise<HistoryResult> {
     await this.#expire();
     const k = this.#keys;
-    let messages: Message[] = [];
+    const messages: Message[] = [];
     let cut = false;
     if (limit !== undefined) {
       // Newest first from the tail: a bounded replay never walks the whole log.

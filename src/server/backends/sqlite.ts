@@ -253,8 +253,11 @@ export class SqliteBackend implements Backend {
       db.pragma('temp_store = MEMORY');
       if (options.maxPageCount !== undefined) this.setMaxPageCount(options.maxPageCount);
       this.#s = prepare(db);
-      this.#commit = db.transaction((batch: Batch, now: number) => this.#write(batch, now)).immediate;
-      this.#expireNow = db.transaction((now: number) => this.#expire(now)).immediate;
+      // BEGIN IMMEDIATE: take the write lock at the start, never halfway through.
+      const commit = db.transaction((batch: Batch, now: number) => this.#write(batch, now));
+      const expire = db.transaction((now: number) => this.#expire(now));
+      this.#commit = (batch, now) => commit.immediate(batch, now);
+      this.#expireNow = (now) => expire.immediate(now);
       const now = this.#now();
       if (opened.created) this.#s.setMeta.run('created', now);
       this.#createdMs = this.#meta('created') ?? now;
