@@ -3,7 +3,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { BackendUnavailableError, DEFAULT_RETENTION, type Retention } from '../src/server/backends/backend.js';
 import { checkRedisUrl, RedisBackend } from '../src/server/backends/redis.js';
 import { compareIds, type Message } from '../src/protocol/message.js';
-import { backendContract, waitFor } from './contract/backend.contract.js';
+import { backendContract } from './contract/backend.contract.js';
+import { waitFor } from './helpers.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 
 let redis: RedisServer;

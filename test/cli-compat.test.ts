@@ -4,7 +4,6 @@
  * global options before the command, short flags, aliases, -v, help/h, and
  * Go-style single-dash long flags.
  */
-import { createHmac } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,7 +11,7 @@ import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePort, Inbox, KEY, ROOT, runCli, token, wsConnect, type Proc } from './helpers.js';
+import { freePort, githubSignature, Inbox, KEY, ROOT, runCli, token, wsConnect, type Proc } from './helpers.js';
 
 const VERSION = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version as string;
 /** The issue's and the original README's make-tokens examples, key `foo`. */
@@ -237,7 +236,7 @@ describe('serve, as the original', () => {
           'content-type': 'application/json',
           'x-github-event': 'push',
           'x-github-delivery': `compat-${sha}`,
-          'x-hub-signature-256': 'sha256=' + createHmac('sha256', signWith).update(body).digest('hex'),
+          'x-hub-signature-256': githubSignature(signWith, body),
         },
       });
     };

@@ -5,7 +5,7 @@
  * exit status of bad input. Needs `npm run build` first (dist/).
  */
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { createServer as createHttpServer, type Server } from 'node:http';
@@ -15,7 +15,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import express from 'express';
-import { eventually, freePort, KEY, removeDir, ROOT, runCli, tempDir, token, type Proc } from './helpers.js';
+import { eventually, freePort, githubSignature, KEY, publishUntilAccepted, removeDir, ROOT, runCli, tempDir, token, type Proc } from './helpers.js';
 
 const SECRET = 'e2e-github-secret';
 const FAST = ['--min-backoff', '50ms', '--max-backoff', '300ms', '--retry-delay', '30ms'];
@@ -53,9 +53,6 @@ function subUrl(port: number, topic: string, tok = token(`/sub/${topic}`)): stri
   return `ws://${tok}@127.0.0.1:${port}/sub/${topic}`;
 }
 
-function sign(body: Buffer): string {
-  return 'sha256=' + createHmac('sha256', SECRET).update(body).digest('hex');
-}
 
 interface Delivery {
   id: string;
@@ -73,7 +70,7 @@ async function receiver(respond: (d: Delivery, attempt: number) => number = () =
   const app = express();
   app.post('/webhook', express.raw({ type: () => true, limit: '5mb' }), (req, res) => {
     const body = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
-    const expected = Buffer.from(sign(body));
+    const expected = Buffer.from(githubSignature(SECRET, body));
     const got = Buffer.from(String(req.headers['x-hub-signature-256'] ?? ''));
     if (got.length !== expected.length || !timingSafeEqual(got, expected)) {
       badSignatures.push(String(req.headers['x-hookbot-message-id']));
@@ -112,36 +109,15 @@ function githubEvent(seq: number): { body: Buffer; headers: Record<string, strin
       'content-type': 'application/json',
       'x-github-event': 'push',
       'x-github-delivery': `delivery-${seq}`,
-      'x-hub-signature-256': sign(body),
+      'x-hub-signature-256': githubSignature(SECRET, body),
     },
   };
 }
 
-/**
- * Publishes like a webhook sender that retries: connection errors and 5xx
- * (server down or restarting) are retried until the server says 200.
- * `ambiguous` counts attempts whose outcome is unknown (no status came back).
- */
-async function publishUntilAccepted(port: number, topic: string, seq: number, stats: { ambiguous: number }): Promise<string> {
+/** A signed GitHub event `seq` to /pub/<topic>, retried until the server says 200. */
+function publishEventUntilAccepted(port: number, topic: string, seq: number, stats: { ambiguous: number }): Promise<string> {
   const { body, headers } = githubEvent(seq);
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (Date.now() > deadline) throw new Error(`publish ${seq} not accepted within 20 s`);
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/pub/${topic}`, {
-        method: 'POST',
-        body: new Uint8Array(body),
-        headers: { ...headers, authorization: `Bearer ${token(`/pub/${topic}`)}` },
-      });
-      await res.arrayBuffer();
-      if (res.status === 200) return res.headers.get('x-hookbot-message-id')!;
-      if (res.status < 500) throw new Error(`publish ${seq}: HTTP ${res.status}`);
-    } catch (err) {
-      if ((err as Error).message.startsWith('publish')) throw err;
-      stats.ambiguous++;
-    }
-    await new Promise((r) => setTimeout(r, 40));
-  }
+  return publishUntilAccepted(`http://127.0.0.1:${port}/pub/${topic}`, seq, body, { ...headers, authorization: `Bearer ${token(`/pub/${topic}`)}` }, stats);
 }
 
 function summaryLines(p: Proc): Array<Record<string, unknown>> {
@@ -162,7 +138,7 @@ describe('hookbot forward', () => {
     await fwd.waitForLine(/"msg":"connected"/);
     const stats = { ambiguous: 0 };
     const ids: string[] = [];
-    for (let seq = 1; seq <= 5; seq++) ids.push(await publishUntilAccepted(port, 'gh/app', seq, stats));
+    for (let seq = 1; seq <= 5; seq++) ids.push(await publishEventUntilAccepted(port, 'gh/app', seq, stats));
     await eventually(() => rx.deliveries.length >= 5, 10_000, '5 deliveries');
     expect(rx.badSignatures).toEqual([]);
     expect(rx.deliveries.map((d) => d.id)).toEqual(ids);
@@ -194,7 +170,7 @@ describe('hookbot forward', () => {
     const fwd = cli(['forward', subUrl(port, 'retry'), '--to', rx.url, '--retries', '4', ...FAST]);
     await fwd.waitForLine(/"msg":"connected"/);
     const stats = { ambiguous: 0 };
-    for (let seq = 1; seq <= 4; seq++) await publishUntilAccepted(port, 'retry', seq, stats);
+    for (let seq = 1; seq <= 4; seq++) await publishEventUntilAccepted(port, 'retry', seq, stats);
     await eventually(() => rx.deliveries.length >= 3, 10_000, 'deliveries');
     expect(rx.deliveries.map((d) => d.seq)).toEqual([1, 2, 4]);
     expect(rx.attempts.get(2)).toBe(3);
@@ -233,7 +209,7 @@ describe('hookbot forward', () => {
     const port = await freePort();
     await serve(port);
     const stats = { ambiguous: 0 };
-    await publishUntilAccepted(port, 'tls', 1, stats);
+    await publishEventUntilAccepted(port, 'tls', 1, stats);
     const base = ['forward', subUrl(port, 'tls'), '--since', '0', '--to', target, '--retries', '0', ...FAST];
     const untrusted = cli(base);
     await untrusted.waitForLine(/giving up on it/);
@@ -262,7 +238,7 @@ describe('hookbot forward', () => {
     const total = 60;
     const publisher = (async () => {
       for (let seq = 1; seq <= total; seq++) {
-        accepted.push(await publishUntilAccepted(port, 'restart', seq, stats));
+        accepted.push(await publishEventUntilAccepted(port, 'restart', seq, stats));
         await new Promise((r) => setTimeout(r, 10));
       }
     })();
@@ -301,7 +277,7 @@ describe('hookbot forward', () => {
     const total = 50;
     const publisher = (async () => {
       for (let seq = 1; seq <= total; seq++) {
-        accepted.push(await publishUntilAccepted(port, 'state', seq, stats));
+        accepted.push(await publishEventUntilAccepted(port, 'state', seq, stats));
         await new Promise((r) => setTimeout(r, 10));
       }
     })();
@@ -342,12 +318,12 @@ describe('hookbot forward', () => {
     ]);
     await fwd.waitForLine(/"msg":"connected"/);
     const stats = { ambiguous: 0 };
-    const before = await publishUntilAccepted(port, 'stall', 1, stats);
+    const before = await publishEventUntilAccepted(port, 'stall', 1, stats);
     await eventually(() => rx.deliveries.length === 1, 5000, 'first delivery');
 
     proxy.stallAll();
     const stalledAt = Date.now();
-    const during = await publishUntilAccepted(port, 'stall', 2, stats);
+    const during = await publishEventUntilAccepted(port, 'stall', 2, stats);
     await fwd.waitForLine(/no traffic from the server/, 5000);
     await eventually(() => rx.deliveries.length === 2, 5000, 'delivery after recovery');
     const recoveredMs = Date.now() - stalledAt;

@@ -5,7 +5,7 @@
  * disk answered with 503 and recovered from, router dedupe across restarts,
  * and a data directory that stays bounded under churn.
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +17,7 @@ import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { createLogger } from '../src/server/log.js';
 import { startServer, type HookbotServer } from '../src/server/server.js';
 import { compareIds, Message, type MessageJSON } from '../src/protocol/message.js';
-import { bearer, bodyOf, eventually, freePort, Inbox, KEY, removeDir, runCli, startServeProcess, tempDir, wsConnect, type Proc } from './helpers.js';
+import { bearer, bodyOf, eventually, freePort, githubSignature, Inbox, KEY, removeDir, runCli, startServeProcess, tempDir, wsConnect, type Proc } from './helpers.js';
 
 const procs: Proc[] = [];
 const dirs: string[] = [];
@@ -314,7 +314,7 @@ describe('router dedupe survives restarts', () => {
         'content-type': 'application/json',
         'x-github-event': 'push',
         'x-github-delivery': delivery,
-        'x-hub-signature-256': `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}`,
+        'x-hub-signature-256': githubSignature(SECRET, body),
       },
     });
     expect(res.status).toBe(200);

@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { request, type ClientRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HookbotServer } from '../src/server/server.js';
-import { githubSignature, startTestServer, WebhookApp } from './helpers.js';
+import { githubSignature, startTestServer, Waiters, WebhookApp } from './helpers.js';
 
 const SECRET = 'gosmee-secret';
 
@@ -40,7 +40,7 @@ class GosmeeStream {
   status = 0;
   contentType = '';
   #req: ClientRequest;
-  #waiters: Array<() => void> = [];
+  readonly #waiters = new Waiters();
 
   constructor(url: string, headers: Record<string, string>) {
     this.#req = request(url, { headers }, (res) => {
@@ -78,7 +78,7 @@ class GosmeeStream {
   }
 
   #wake(): void {
-    for (const w of this.#waiters.splice(0)) w();
+    this.#waiters.wake();
   }
 
   /** What gosmee forwards: events that are neither control (`ready`) nor a gap, nor empty. */
@@ -87,17 +87,7 @@ class GosmeeStream {
   }
 
   until(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-    if (predicate()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${JSON.stringify(this.events).slice(-400)}`)), timeoutMs);
-      const check = () => {
-        if (predicate()) {
-          clearTimeout(timer);
-          resolve();
-        } else this.#waiters.push(check);
-      };
-      this.#waiters.push(check);
-    });
+    return this.#waiters.until(predicate, what, timeoutMs, () => JSON.stringify(this.events).slice(-400));
   }
 
   close(): void {

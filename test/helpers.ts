@@ -11,6 +11,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Browser } from 'playwright-core';
 import { WebSocket, type ClientOptions, type RawData } from 'ws';
 import { resolveServeConfig, type Config, type ServeOptions } from '../src/server/config.js';
 import { createLogger } from '../src/server/log.js';
@@ -116,10 +117,38 @@ export function subscribe(server: HookbotServer, path: string, options: ClientOp
   return wsConnect(wsUrl(server, path), { headers: bearer(clean), ...options });
 }
 
+/**
+ * Waiting on a condition that changes when wake() is called, with a timeout
+ * whose error says what was awaited (and, with `detail`, what there was).
+ */
+export class Waiters {
+  #waiting: Array<() => void> = [];
+
+  wake(): void {
+    for (const w of this.#waiting.splice(0)) w();
+  }
+
+  until(predicate: () => boolean, what: string, timeoutMs = 5000, detail?: () => string): Promise<void> {
+    if (predicate()) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}${detail ? `; ${detail()}` : ''}`)), timeoutMs);
+      const check = () => {
+        if (predicate()) {
+          clearTimeout(timer);
+          resolve();
+        } else {
+          this.#waiting.push(check);
+        }
+      };
+      this.#waiting.push(check);
+    });
+  }
+}
+
 /** Collects messages from a socket so tests can wait for the n-th one. */
 export class Inbox {
   readonly messages: Array<{ data: Buffer; binary: boolean }> = [];
-  #waiters: Array<() => void> = [];
+  readonly #waiters = new Waiters();
   closed: { code: number; reason: string } | undefined;
 
   constructor(ws: WebSocket) {
@@ -140,7 +169,7 @@ export class Inbox {
   }
 
   #wake(): void {
-    for (const w of this.#waiters.splice(0)) w();
+    this.#waiters.wake();
   }
 
   /** Resolves when at least n messages arrived. */
@@ -155,19 +184,7 @@ export class Inbox {
   }
 
   until(predicate: () => boolean, timeoutMs: number, what: string): Promise<void> {
-    if (predicate()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
-      const check = () => {
-        if (predicate()) {
-          clearTimeout(timer);
-          resolve();
-        } else {
-          this.#waiters.push(check);
-        }
-      };
-      this.#waiters.push(check);
-    });
+    return this.#waiters.until(predicate, what, timeoutMs);
   }
 
   texts(): string[] {
@@ -185,13 +202,20 @@ export async function publish(server: HookbotServer, path: string, body: string 
   return fetch(server.url + path, { method: 'POST', body: bodyOf(body), headers: { ...bearer(clean), ...headers } });
 }
 
-/** Polls a condition (for state that has no event) until true or timeout. */
-export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+/** Polls `check` (for state that has no event) until it returns a truthy value, which it resolves with; fails after timeoutMs. */
+export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5000, what = 'condition'): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/** waitFor() for a plain condition. */
+export async function eventually(predicate: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  await waitFor(predicate, timeoutMs, what);
 }
 
 export async function freePort(): Promise<number> {
@@ -318,7 +342,7 @@ export class SseStream {
   ended = false;
   readonly #abort: AbortController;
   #parsed = 0;
-  #waiters: Array<() => void> = [];
+  readonly #waiters = new Waiters();
 
   constructor(res: Response, abort: AbortController) {
     this.res = res;
@@ -372,21 +396,11 @@ export class SseStream {
   }
 
   #wake(): void {
-    for (const w of this.#waiters.splice(0)) w();
+    this.#waiters.wake();
   }
 
   until(predicate: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-    if (predicate()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.raw.slice(-500))}`)), timeoutMs);
-      const check = () => {
-        if (predicate()) {
-          clearTimeout(timer);
-          resolve();
-        } else this.#waiters.push(check);
-      };
-      this.#waiters.push(check);
-    });
+    return this.#waiters.until(predicate, what, timeoutMs, () => `got ${JSON.stringify(this.raw.slice(-500))}`);
   }
 
   async waitFor(n: number, timeoutMs = 5000): Promise<SseEvent[]> {
@@ -399,9 +413,54 @@ export class SseStream {
   }
 }
 
+/**
+ * Publishes like a webhook sender that retries: connection errors and 5xx
+ * (server down or restarting) are retried until the server says 200, whose
+ * message id it resolves with; another 4xx fails. `stats.ambiguous` counts
+ * attempts whose outcome is unknown (no status came back).
+ */
+export async function publishUntilAccepted(
+  url: string,
+  seq: number,
+  body: string | Buffer,
+  headers: Record<string, string>,
+  stats: { ambiguous: number },
+  timeoutMs = 20_000,
+): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (Date.now() > deadline) throw new Error(`publish ${seq} not accepted within ${timeoutMs} ms`);
+    try {
+      const res = await fetch(url, { method: 'POST', body: bodyOf(body), headers });
+      await res.arrayBuffer();
+      if (res.status === 200) return res.headers.get('x-hookbot-message-id')!;
+      if (res.status < 500) throw new Error(`publish ${seq}: HTTP ${res.status}`);
+    } catch (err) {
+      if ((err as Error).message.startsWith('publish')) throw err;
+      stats.ambiguous++;
+    }
+    await new Promise((r) => setTimeout(r, 30));
+  }
+}
+
+/** Debian's Chromium, headless, with the flags this machine's closed network needs (no background connections). */
+export async function launchChromium(): Promise<Browser> {
+  // Loaded here, not by every test file that imports these helpers.
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/** A webhook signature header value as GitHub makes it: `sha256=<hex HMAC of the body>` (or sha1). */
+export function signature(algo: 'sha1' | 'sha256', secret: string, body: Buffer | string): string {
+  return `${algo}=${createHmac(algo, secret).update(body).digest('hex')}`;
+}
+
 /** GitHub's `X-Hub-Signature-256` of a body under a webhook secret. */
 export function githubSignature(secret: string, body: Buffer | string): string {
-  return 'sha256=' + createHmac('sha256', secret).update(body).digest('hex');
+  return signature('sha256', secret, body);
 }
 
 export interface Delivery {
@@ -423,7 +482,7 @@ export class WebhookApp {
   readonly refused: Delivery[] = [];
   readonly #server: HttpServer;
   #url = '';
-  #waiters: Array<() => void> = [];
+  readonly #waiters = new Waiters();
 
   private constructor(secret: string | undefined) {
     this.#server = createHttpServer((req, res) => {
@@ -434,7 +493,7 @@ export class WebhookApp {
         const ok = secret === undefined || req.headers['x-hub-signature-256'] === githubSignature(secret, d.body);
         (ok ? this.deliveries : this.refused).push(d);
         res.writeHead(ok ? 200 : 401).end();
-        for (const w of this.#waiters.splice(0)) w();
+        this.#waiters.wake();
       });
     });
   }
@@ -453,20 +512,10 @@ export class WebhookApp {
   }
 
   /** Resolves once `n` requests were accepted; rejects at once if one was refused. */
-  waitFor(n: number, timeoutMs = 10_000): Promise<Delivery[]> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${n} deliveries (have ${this.deliveries.length})`)), timeoutMs);
-      const check = () => {
-        if (this.refused.length > 0) {
-          clearTimeout(timer);
-          reject(new Error(`the app refused a delivery: ${this.refused[0].body.toString().slice(0, 200)}`));
-        } else if (this.deliveries.length >= n) {
-          clearTimeout(timer);
-          resolve(this.deliveries.slice(0, n));
-        } else this.#waiters.push(check);
-      };
-      check();
-    });
+  async waitFor(n: number, timeoutMs = 10_000): Promise<Delivery[]> {
+    await this.#waiters.until(() => this.refused.length > 0 || this.deliveries.length >= n, `${n} deliveries (have ${this.deliveries.length})`, timeoutMs);
+    if (this.refused.length > 0) throw new Error(`the app refused a delivery: ${this.refused[0].body.toString().slice(0, 200)}`);
+    return this.deliveries.slice(0, n);
   }
 
   close(): Promise<void> {

@@ -15,8 +15,8 @@ import { DEFAULT_RETENTION, type Retention } from '../src/server/backends/backen
 import { checkRedisUrl, RedisBackend } from '../src/server/backends/redis.js';
 import { parseRedisUrl } from '../src/server/backends/redis-connect.js';
 import { compareIds, type Message } from '../src/protocol/message.js';
-import { backendContract, waitFor } from './contract/backend.contract.js';
-import { bearer, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
+import { backendContract } from './contract/backend.contract.js';
+import { bearer, Inbox, startServeProcess, waitFor, wsConnect, type Proc } from './helpers.js';
 import { freePort, startRedis, type RedisServer } from './redis-server.js';
 
 const has = (cmd: string, args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;

@@ -5,7 +5,6 @@
  * subscribers on the per-repository topics. Run `npm run build` first.
  */
 import { execFileSync } from 'node:child_process';
-import { createHmac } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -15,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveRouteGithub } from '../src/cli/route-github.js';
 import type { HookbotServer } from '../src/server/server.js';
-import { Inbox, KEY, bearer, runCli, startServeProcess, startTestServer, subscribe, token, wsConnect, type Proc } from './helpers.js';
+import { bearer, githubSignature, Inbox, KEY, runCli, startServeProcess, startTestServer, subscribe, token, wsConnect, type Proc } from './helpers.js';
 
 const SECRET = 'org webhook secret';
 const FEED = '/unsafe/sub/github.com/';
@@ -40,7 +39,7 @@ async function deliver(base: string, body: Buffer, o: { secret?: string; deliver
       'user-agent': 'GitHub-Hookshot/044aadd',
       'x-github-event': 'push',
       'x-github-delivery': o.delivery ?? `delivery-${++seq}`,
-      'x-hub-signature-256': `sha256=${createHmac('sha256', o.secret ?? SECRET).update(body).digest('hex')}`,
+      'x-hub-signature-256': githubSignature(o.secret ?? SECRET, body),
     },
     // The same bytes (the JSON is UTF-8); fetch's types take no Buffer.
     body: body.toString('utf8'),
@@ -183,7 +182,7 @@ describe('hookbot route-github', () => {
     await router.waitForLine(/"msg":"live"/);
     const body = push(sha(0x5));
     const status = await new Promise<number>((resolve, reject) => {
-      const headers = { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': 'tls-1', 'x-hub-signature-256': `sha256=${createHmac('sha256', SECRET).update(body).digest('hex')}` };
+      const headers = { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': 'tls-1', 'x-hub-signature-256': githubSignature(SECRET, body) };
       httpsRequest(`https://localhost:${tls.port}/unsafe/pub/github.com/org/acme?extra-metadata=github`, { method: 'POST', ca, headers }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);

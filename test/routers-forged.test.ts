@@ -19,12 +19,11 @@
  * can be checked, and RSS must stay bounded anyway.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { setPriority } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Inbox, bearer, eventually, startServeProcess, wsConnect, type Proc } from './helpers.js';
+import { bearer, eventually, githubSignature, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
 
 const SECRET = 'org webhook secret';
 const FORGED = 30;
@@ -49,9 +48,6 @@ function bigPush(size, after) {
 // eslint-disable-next-line @typescript-eslint/no-implied-eval
 const bigPush = new Function(`${BIG_PUSH}; return bigPush;`)() as (size: number, after: string) => Buffer;
 
-function sign(body: Buffer, secret: string): string {
-  return `sha256=${createHmac('sha256', secret).update(body).digest('hex')}`;
-}
 
 function post(agent: http.Agent, url: string, body: Buffer, headers: Record<string, string>): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -200,7 +196,7 @@ describe('forged router envelopes', () => {
       'content-type': 'application/json',
       'x-github-event': 'push',
       'x-github-delivery': 'genuine-1',
-      'x-hub-signature-256': sign(genuine, SECRET),
+      'x-hub-signature-256': githubSignature(SECRET, genuine),
     });
     expect(status).toBe(200);
     const [m] = await inbox.waitFor(1, 30_000);

@@ -3,9 +3,9 @@
  * publish, count and log. GitHub payloads are GitHub's published examples
  * (@octokit/webhooks-examples), signed here.
  */
-import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
+import { signature } from './helpers.js';
 import { Message, type Headers } from '../src/protocol/message.js';
 import { RecentIds } from '../src/server/routers/dedupe.js';
 import { createGithubRouter, githubEnvelope, GITHUB_FEED } from '../src/server/routers/github.js';
@@ -36,9 +36,6 @@ const OLD_SECRET = 'the previous secret';
 function raw(payload: unknown): Buffer {
   return Buffer.from(JSON.stringify(payload, null, 2));
 }
-function sign(algo: 'sha1' | 'sha256', secret: string, body: Buffer): string {
-  return `${algo}=${createHmac(algo, secret).update(body).digest('hex')}`;
-}
 
 let seq = 0;
 interface GhOpts {
@@ -58,8 +55,8 @@ function githubHeaders(body: Buffer, o: GhOpts = {}): Headers {
     'x-github-event': o.event ?? 'push',
     'x-github-delivery': o.delivery ?? `72d3162e-cc78-11e3-81ab-${String(++seq).padStart(12, '0')}`,
   };
-  const s256 = o.sha256 === undefined ? sign('sha256', secret, body) : o.sha256;
-  const s1 = o.sha1 === undefined ? sign('sha1', secret, body) : o.sha1;
+  const s256 = o.sha256 === undefined ? signature('sha256', secret, body) : o.sha256;
+  const s1 = o.sha1 === undefined ? signature('sha1', secret, body) : o.sha1;
   if (s256 !== null) h['x-hub-signature-256'] = s256;
   if (s1 !== null) h['x-hub-signature'] = s1;
   return h;
@@ -269,8 +266,8 @@ describe('github router', () => {
     const env = JSON.parse(host.published[1].body.toString());
     const payload = Buffer.from(env.Payload, 'base64');
     expect(payload.equals(body)).toBe(true);
-    expect(env.Signature256).toBe(sign('sha256', SECRET, payload));
-    expect(env.Signature).toBe(sign('sha1', SECRET, payload));
+    expect(env.Signature256).toBe(signature('sha256', SECRET, payload));
+    expect(env.Signature).toBe(signature('sha1', SECRET, payload));
   });
 
   it('keeps slashes in branch names', async () => {
@@ -330,7 +327,7 @@ describe('github router', () => {
     const { host, router } = github();
     const body = raw(branchPush);
     const env = githubEnvelope(
-      { 'x-github-event': 'push', 'x-github-delivery': 'e256', 'x-hub-signature-256': sign('sha256', SECRET, body) },
+      { 'x-github-event': 'push', 'x-github-delivery': 'e256', 'x-hub-signature-256': signature('sha256', SECRET, body) },
       body,
     );
     await router.handle(new Message('1-1', '/unsafe/github.com/org/x', {}, env));
@@ -363,7 +360,7 @@ describe('github router', () => {
   it('does not fall back to sha1 when the sha256 signature is wrong', async () => {
     const { host, router } = github();
     const body = raw(branchPush);
-    await router.handle(githubFeed(body, { sha256: sign('sha256', 'wrong', body) }));
+    await router.handle(githubFeed(body, { sha256: signature('sha256', 'wrong', body) }));
     expect(host.published).toEqual([]);
     expect(host.counts).toEqual({ 'github.failed': 1 });
   });

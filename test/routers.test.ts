@@ -3,14 +3,13 @@
  * server's unsafe endpoint, received by real WebSocket subscribers on the safe
  * per-repository topics; and `serve` refusing to start without credentials.
  */
-import { createHmac } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HookbotServer } from '../src/server/server.js';
 import { Redis } from 'ioredis';
 import { RedisSeenStore } from '../src/server/routers/dedupe.js';
 import { startRedis, type RedisServer } from './redis-server.js';
-import { Inbox, runCli, startServeProcess, startTestServer, subscribe, wsConnect, bearer } from './helpers.js';
+import { bearer, Inbox, runCli, signature, startServeProcess, startTestServer, subscribe, wsConnect } from './helpers.js';
 
 const SECRET = 'org webhook secret';
 const OLD_SECRET = 'last year secret';
@@ -26,9 +25,6 @@ const tagPush = examples.find((e) => e.name === 'push')!.examples.find((p) => p.
 const REPO = 'Codertocat/Hello-World';
 
 let n = 0;
-function sign(algo: 'sha1' | 'sha256', secret: string, body: Buffer): string {
-  return `${algo}=${createHmac(algo, secret).update(body).digest('hex')}`;
-}
 
 /** POSTs a webhook as GitHub does: no hookbot token, signed JSON body. */
 async function githubHook(
@@ -43,9 +39,9 @@ async function githubHook(
     'user-agent': 'GitHub-Hookshot/044aadd',
     'x-github-event': o.event ?? 'push',
     'x-github-delivery': o.delivery ?? `delivery-${++n}`,
-    'x-hub-signature': sign('sha1', secret, body),
+    'x-hub-signature': signature('sha1', secret, body),
   };
-  if (!o.sha1Only) headers['x-hub-signature-256'] = sign('sha256', secret, body);
+  if (!o.sha1Only) headers['x-hub-signature-256'] = signature('sha256', secret, body);
   const res = await fetch(`${server.url}/unsafe/pub/github.com/org/Codertocat?extra-metadata=github`, { method: 'POST', headers, body });
   expect(res.status).toBe(200);
   return res;
@@ -91,8 +87,8 @@ describe('github router end to end', () => {
     const env = JSON.parse(m.body);
     expect(Object.keys(env)).toEqual(['Delivery', 'Event', 'Payload', 'Signature', 'Signature256']);
     const payload = Buffer.from(env.Payload, 'base64');
-    expect(env.Signature256).toBe(sign('sha256', SECRET, payload));
-    expect(m.headers['x-hub-signature-256']).toBe(sign('sha256', SECRET, payload));
+    expect(env.Signature256).toBe(signature('sha256', SECRET, payload));
+    expect(m.headers['x-hub-signature-256']).toBe(signature('sha256', SECRET, payload));
     expect(JSON.parse(payload.toString()).after).toBe(sha('2'));
   });
 

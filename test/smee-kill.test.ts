@@ -9,7 +9,7 @@
 import SmeeClient from 'smee-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRedis, type RedisServer } from './redis-server.js';
-import { eventually, freePort, githubSignature, KEY, runCli, WebhookApp, type Proc } from './helpers.js';
+import { eventually, freePort, githubSignature, KEY, publishUntilAccepted, runCli, WebhookApp, type Proc } from './helpers.js';
 
 const SECRET = 'kill-secret';
 
@@ -31,26 +31,10 @@ async function serve(port: number): Promise<Proc> {
 }
 
 /** Posts message `seq` until the server answers 200; counts attempts whose outcome is unknown. */
-async function publishUntilAccepted(url: string, seq: number, stats: { ambiguous: number }): Promise<string> {
+function publishSigned(url: string, seq: number, stats: { ambiguous: number }): Promise<string> {
   const body = JSON.stringify({ seq, note: 'ünïcødé ✓' });
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (Date.now() > deadline) throw new Error(`publish ${seq} not accepted within 30 s`);
-    try {
-      const res = await fetch(url, {
-        method: 'POST',
-        body,
-        headers: { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': `d-${seq}`, 'x-hub-signature-256': githubSignature(SECRET, body) },
-      });
-      await res.arrayBuffer();
-      if (res.status === 200) return res.headers.get('x-hookbot-message-id')!;
-      if (res.status < 500) throw new Error(`publish ${seq}: HTTP ${res.status}`);
-    } catch (err) {
-      if ((err as Error).message.startsWith('publish')) throw err;
-      stats.ambiguous++;
-    }
-    await new Promise((r) => setTimeout(r, 30));
-  }
+  const headers = { 'content-type': 'application/json', 'x-github-event': 'push', 'x-github-delivery': `d-${seq}`, 'x-hub-signature-256': githubSignature(SECRET, body) };
+  return publishUntilAccepted(url, seq, body, headers, stats, 30_000);
 }
 
 /** Every acknowledged id exactly once and in order; anything else only a publish whose answer the kill lost. */
@@ -82,7 +66,7 @@ describe('a smee channel relay killed mid-traffic (SIGKILL)', () => {
       const accepted: string[] = [];
       const stats = { ambiguous: 0 };
       const publisher = (async () => {
-        for (let seq = 1; seq <= total; seq++) accepted.push(await publishUntilAccepted(channel, seq, stats));
+        for (let seq = 1; seq <= total; seq++) accepted.push(await publishSigned(channel, seq, stats));
       })();
 
       await eventually(() => seen.length >= 30 && forwardApp.deliveries.length >= 30, 20_000, '30 deliveries before the kill');

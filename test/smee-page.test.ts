@@ -7,15 +7,14 @@
  */
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChannelIds } from '../src/protocol/channels.js';
 import { SUBPROTOCOL } from '../src/protocol/message.js';
 import type { HookbotServer } from '../src/server/server.js';
-import { Inbox, startTestServer, wsConnect, wsUrl } from './helpers.js';
+import { Inbox, launchChromium, startTestServer, wsConnect, wsUrl } from './helpers.js';
 
 const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 let server: HookbotServer;
 let browser: Browser;
@@ -23,10 +22,7 @@ let browser: Browser;
 beforeAll(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   server = await startTestServer({ smee: true });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await launchChromium();
 }, 30_000);
 
 afterAll(async () => {

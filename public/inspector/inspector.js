@@ -9,17 +9,7 @@
   const CHART_POINTS = 60;
   const KEPT_MESSAGES = 50;
 
-  const $ = (id) => document.getElementById(id);
-  const el = (tag, props = {}, children = []) => {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(props)) {
-      if (k === 'text') node.textContent = v;
-      else if (k === 'class') node.className = v;
-      else node.setAttribute(k, v);
-    }
-    for (const c of children) node.append(c);
-    return node;
-  };
+  const { $, el, prettyBody } = window.hookbotDom;
 
   let token = sessionStorage.getItem(STORAGE_KEY);
   let timer;
@@ -271,15 +261,6 @@
 
     const li = el('li', { class: live ? 'message new' : 'message', 'data-id': m.id }, [meta, headers, el('pre', { class: 'body', text: prettyBody(m) })]);
     return li;
-  }
-
-  function prettyBody(m) {
-    if (m.encoding === 'base64') return m.body;
-    try {
-      return JSON.stringify(JSON.parse(m.body), null, 2);
-    } catch {
-      return m.body;
-    }
   }
 
   async function redeliver(m, button, result) {

@@ -13,17 +13,7 @@
   const SECRET_HEADER = /token|secret|password|authorization|cookie|api-key|apikey/i;
   const QUERY_HEADER = 'x-hookbot-query';
 
-  const $ = (id) => document.getElementById(id);
-  const el = (tag, props = {}, children = []) => {
-    const node = document.createElement(tag);
-    for (const [k, v] of Object.entries(props)) {
-      if (k === 'text') node.textContent = v;
-      else if (k === 'class') node.className = v;
-      else node.setAttribute(k, v);
-    }
-    for (const c of children) node.append(c);
-    return node;
-  };
+  const { $, el, prettyBody } = window.hookbotDom;
 
   const path = location.pathname;
   const channel = path.slice(path.lastIndexOf('/') + 1);
@@ -94,15 +84,6 @@
   function bodyBytes(m) {
     if (m.encoding !== 'base64') return new TextEncoder().encode(m.body).length;
     return atob(m.body).length;
-  }
-
-  function prettyBody(m) {
-    if (m.encoding === 'base64') return m.body;
-    try {
-      return JSON.stringify(JSON.parse(m.body), null, 2);
-    } catch {
-      return m.body;
-    }
   }
 
   function renderEvent(m) {

@@ -26,6 +26,7 @@ import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
 import { ConfigError, parseDuration, parseList } from '../server/config.js';
 import { collect, typedOptions } from './options.js';
+import { onStopSignal } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
 import { githubAdapter } from '../server/routers/github.js';
 import { createRouter } from '../server/routers/pipeline.js';
@@ -200,16 +201,11 @@ async function runRouteGithub(opts: RouteGithubOptions, env: NodeJS.ProcessEnv):
   sub.on('reconnect', (r) => log.info({ attempt: r.attempt, delayMs: r.delayMs, since: r.since }, 'reconnecting'));
   sub.on('warning', (w) => log.warn({}, w));
 
-  let stopped = false;
-  const stop = (signal: string) => {
-    if (stopped) process.exit(130);
-    stopped = true;
+  onStopSignal((signal) => {
     log.info({ signal, lastId: sub.lastId }, 'stopping; a delivery being routed is left for the next start');
     stopping.abort();
     void sub.close();
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  });
 
   try {
     await sub.closed;

@@ -96,18 +96,10 @@ export async function runClient(url: string, opts: CommonOptions & { ca?: string
   sub.on('reconnect', (r) => log.info({ attempt: r.attempt, delayMs: r.delayMs, since: r.since }, 'reconnecting'));
   sub.on('warning', (w) => log.warn(w));
 
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) {
-      // A second signal: the user does not want to wait for the in-flight message.
-      process.exit(130);
-    }
-    stopping = true;
+  onStopSignal((signal) => {
     log.info({ signal, lastId: sub.lastId }, 'stopping after the current message');
     void sub.close();
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  });
 
   try {
     await sub.closed;
@@ -118,6 +110,21 @@ export async function runClient(url: string, opts: CommonOptions & { ca?: string
   }
   log.flush();
   process.exit(0);
+}
+
+/**
+ * SIGINT/SIGTERM: the first asks a long-running command to stop after what it
+ * is doing; a second means the user will not wait, and exits 130 at once.
+ */
+export function onStopSignal(stop: (signal: string) => void): void {
+  let stopping = false;
+  const handle = (signal: string) => {
+    if (stopping) process.exit(130);
+    stopping = true;
+    stop(signal);
+  };
+  process.on('SIGINT', () => handle('SIGINT'));
+  process.on('SIGTERM', () => handle('SIGTERM'));
 }
 
 export function eventOf(m: Message): string {

@@ -5,6 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendUnavailableError, DEFAULT_RETENTION, storedSize, type Backend, type Retention } from '../../src/server/backends/backend.js';
 import { compareIds, isMessageId, type Message } from '../../src/protocol/message.js';
+import { waitFor } from '../helpers.js';
 
 export interface MadeBackend {
   backend: Backend;
@@ -13,17 +14,6 @@ export interface MadeBackend {
 
 /** Builds a fresh, ready backend with the given retention (and an empty history). */
 export type MakeBackend = (retention: Retention) => Promise<MadeBackend>;
-
-/** Polls `check` until it returns a truthy value; fails after timeoutMs. */
-export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 5000, what = 'condition'): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 const notUtf8 = Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28, 0x80, 0x0a, 0x00]);

@@ -6,7 +6,7 @@
 import express from 'express';
 import type { Context } from '../context.js';
 import { CHANNEL_ASSETS, CHANNEL_ASSETS_PATH, CHANNEL_PAGE_CSP, CHANNEL_PAGE_DIR, redeliverOnChannel } from '../ops/channel-page.js';
-import { Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
+import { COMMON_PAGE_DIR, Inspector, INSPECTOR_DIR, INSPECTOR_PATH } from '../ops/inspector.js';
 
 /** Paths the operational app answers; everything else is a topic. */
 const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
@@ -97,5 +97,7 @@ function mountInspector(app: express.Express, ctx: Context): void {
   }
   // Without strict routing '/_' also matches '/_/': only the bare form redirects.
   app.get('/_', (req, res, next) => (req.originalUrl.split('?')[0] === '/_' ? res.redirect(301, '/_/') : next()));
+  // What the inspector and the channel pages share (styles, DOM helpers), then the inspector's own files.
+  app.use('/_/common', express.static(COMMON_PAGE_DIR, { index: false, fallthrough: true, maxAge: 0 }));
   app.use('/_', express.static(INSPECTOR_DIR, { index: 'index.html', fallthrough: true, maxAge: 0 }));
 }

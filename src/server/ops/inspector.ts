@@ -12,6 +12,8 @@ import { isMessageId, type Headers, type Message } from '../../protocol/message.
 
 /** The static page, found relative to this file so it works from src/ and from dist/. */
 export const INSPECTOR_DIR = fileURLToPath(new URL('../../../public/inspector/', import.meta.url));
+/** Styles and DOM helpers every page shares (the inspector and the channel pages), served at /_/common/. */
+export const COMMON_PAGE_DIR = fileURLToPath(new URL('../../../public/common/', import.meta.url));
 
 /** The path an inspector token is made for. */
 export const INSPECTOR_PATH = '/_/';
