@@ -323,7 +323,13 @@ export function runCli(args: string[], env: Record<string, string | undefined> =
 export async function startServeProcess(args: string[] = [], env: Record<string, string | undefined> = {}): Promise<Proc & { port: number; url: string }> {
   const port = await freePort();
   const proc = runCli(['serve', '--bind', `127.0.0.1:${port}`, ...args], { HOOKBOT_KEY: KEY, ...env });
-  await proc.waitForLine(/Listening on/);
+  try {
+    await proc.waitForLine(/Listening on/);
+  } catch (err) {
+    // Nobody else holds it yet: a server that never said it listens must not outlive the test.
+    proc.child.kill('SIGKILL');
+    throw err;
+  }
   return Object.assign(proc, { port, url: `http://127.0.0.1:${port}` });
 }
 

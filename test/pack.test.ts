@@ -53,8 +53,10 @@ describe('the installed package', () => {
 
   it('npx hookbot serve answers /status and serves the inspector page, on the default durable store', async () => {
     const port = await freePort();
+    // A process group of its own: npx runs hookbot as its child, and both must go at the end.
     const child = spawn('npx', ['hookbot', 'serve', '--bind', `127.0.0.1:${port}`], {
       cwd: app(),
+      detached: true,
       env: { PATH: process.env.PATH, HOME: process.env.HOME, HOOKBOT_KEY: 'pack-key', HOOKBOT_LOG_JSON: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -80,7 +82,7 @@ describe('the installed package', () => {
       expect(await page.text()).toMatch(/<html/i);
       expect(readdirSync(app())).toContain('hookbot-data');
     } finally {
-      child.kill('SIGTERM');
+      process.kill(-child.pid!, 'SIGTERM');
     }
   }, 60_000);
 
