@@ -87,10 +87,6 @@ export class Session implements Subscriber {
     if (options.encoder.preamble) this.#out.write(options.encoder.preamble);
   }
 
-  get closed(): boolean {
-    return this.#out.closed;
-  }
-
   send(message: Message): void {
     const e = this.#encoder;
     this.#out.write(message.encoded(e.key, e.message));
@@ -138,9 +134,7 @@ export class Session implements Subscriber {
 
   /** The transport's connection is gone, closed by either side: leave the broker and the registry. Idempotent. */
   disconnected(): void {
-    this.#ended = true;
-    this.#out.closed = true;
-    this.#sessions.broker.unsubscribe(this);
+    this.#leave();
     this.#sessions.remove(this);
   }
 
@@ -152,10 +146,15 @@ export class Session implements Subscriber {
 
   #end(reason: EndReason): void {
     if (this.#ended) return;
+    this.#leave();
+    this.#connection.end(reason);
+  }
+
+  /** Stops all writes and leaves the broker; the connection's own close then calls disconnected(). */
+  #leave(): void {
     this.#ended = true;
     this.#out.closed = true;
     this.#sessions.broker.unsubscribe(this);
-    this.#connection.end(reason);
   }
 }
 
