@@ -9,7 +9,7 @@ import https from 'node:https';
 import type { Command } from 'commander';
 import { ConfigError, parseCount, parseDuration } from '../server/config.js';
 import type { Message } from '../client/index.js';
-import { CHANNEL_QUERY_HEADER } from '../protocol/channels.js';
+import { CHANNEL_QUERY_HEADER, HOP_HEADERS } from '../protocol/channels.js';
 import type { Logger } from '../server/log.js';
 import { commonOptions, eventOf, readCa, retryDelay, runClient, sleep, withDefault, type CommonOptions, type Handler } from './subscriber.js';
 
@@ -44,27 +44,12 @@ export function registerForward(program: Command): void {
     );
 }
 
-/** Headers that describe one hop, not the message; the HTTP client sets its own. */
-const HOP_HEADERS = new Set([
-  'host',
-  'content-length',
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'authorization',
-  // A smee channel's query string: it goes back into the URL (forwardTarget), as smee-client does.
-  CHANNEL_QUERY_HEADER,
-]);
+/** What a replayed message does not carry: the HTTP client sets its own hop headers. */
+const NOT_FORWARDED = new Set([...HOP_HEADERS, 'proxy-authenticate']);
 
 export function forwardHeaders(m: Message): Record<string, string> {
   const headers: Record<string, string> = {};
-  for (const [name, value] of Object.entries(m.headers)) if (!HOP_HEADERS.has(name.toLowerCase())) headers[name] = value;
+  for (const [name, value] of Object.entries(m.headers)) if (!NOT_FORWARDED.has(name.toLowerCase())) headers[name] = value;
   headers['content-length'] = String(m.body.length);
   headers['x-hookbot-message-id'] = m.id;
   return headers;

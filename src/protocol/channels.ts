@@ -34,6 +34,27 @@ export const CHANNEL_TOPIC_PREFIX = 'smee/';
  */
 export const CHANNEL_QUERY_HEADER = 'x-hookbot-query';
 
+/**
+ * Headers of one hop, or credentials, that a channel message must not carry
+ * onward: the server drops them before storing, `hookbot forward` before
+ * replaying. The query header is on the list because it goes back into the
+ * target URL, never into a header.
+ */
+export const HOP_HEADERS: readonly string[] = [
+  'host',
+  'content-length',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'authorization',
+  'proxy-authorization',
+  CHANNEL_QUERY_HEADER,
+];
+
 /** `GET`/`HEAD` here mints a channel, as on smee.io. */
 export const NEW_CHANNEL_PATH = '/new';
 

@@ -14,7 +14,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { HttpError, Status } from '../../protocol/errors.js';
 import { Message, type Headers } from '../../protocol/message.js';
-import { CHANNEL_QUERY_HEADER } from '../../protocol/channels.js';
+import { CHANNEL_QUERY_HEADER, HOP_HEADERS } from '../../protocol/channels.js';
 import type { Endpoint } from '../../protocol/topics.js';
 import { noSuchChannel, unauthorized, SHUTTING_DOWN } from '../admission.js';
 import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY, type PublishOptions } from '../backends/backend.js';
@@ -53,23 +53,7 @@ export function keptHeaders(raw: IncomingMessage['headers'], extra: readonly str
  * as `connection`, make fetch refuse the request outright), and a channel's
  * messages are readable by anyone holding its URL.
  */
-const NOT_KEPT_ON_CHANNELS = new Set([
-  'host',
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'transfer-encoding',
-  'te',
-  'trailer',
-  'upgrade',
-  'expect',
-  'content-length',
-  'http2-settings',
-  'authorization',
-  'proxy-authorization',
-  'cookie',
-  CHANNEL_QUERY_HEADER,
-]);
+const NOT_KEPT_ON_CHANNELS = new Set([...HOP_HEADERS, 'expect', 'http2-settings', 'cookie']);
 
 /**
  * What a channel message keeps: every other request header, as smee.io
