@@ -233,6 +233,18 @@ describe('SqliteBackend', () => {
     expect((await b.history('full')).messages.map((m) => m.id)).toEqual(accepted);
   });
 
+  it('does not write the body of a message over the history limits to the file', async () => {
+    // Writing it would hold the event loop about 1-3 ms per MiB, only for the same transaction to trim it.
+    const b = open(dir(), { bytes: 64 * 1024 });
+    await b.publish('big/x', {}, Buffer.from('warm up'));
+    const pages = b.pageCount();
+    const big = await b.publish('big/x', {}, Buffer.alloc(4 * 1024 * 1024, 1));
+    // 4 MiB would be a thousand 4 KiB pages.
+    expect(b.pageCount() - pages).toBeLessThan(16);
+    expect(await b.history('big/x', big.id)).toEqual({ gap: false, messages: [] });
+    expect((await b.history('big/x', '0-0')).gap).toBe(true);
+  });
+
   it('remembers the gap of a topic that emptied, across a reopen', async () => {
     const a = open(dir(), { ageMs: 60_000 });
     const first = await a.publish('tomb/a', {}, Buffer.from('1'));

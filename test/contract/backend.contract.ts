@@ -197,6 +197,34 @@ export function backendContract(name: string, make: MakeBackend): void {
       expect((await backend.history('b/big')).messages).toEqual([]);
     });
 
+    it('delivers a message over the per-topic or the total limit live, keeps none of it, and reports the gap', async () => {
+      const { backend, received } = await open({ bytes: 1024, totalBytes: 4096 });
+      const small = await backend.publish('o/x', {}, Buffer.from('kept'));
+      const big = await backend.publish('o/x', { h: '1' }, Buffer.alloc(2000, 7));
+      await waitFor(() => received.length === 2, 5000, 'deliveries');
+      expect(Buffer.compare(received[1].body, Buffer.alloc(2000, 7))).toBe(0);
+      expect(received[1]).toMatchObject({ id: big.id, topic: 'o/x', headers: { h: '1' } });
+      // Trimming goes oldest first, so the one before it goes too.
+      expect(await backend.history('o/x')).toEqual({ gap: false, messages: [] });
+      expect((await backend.history('o/x', small.id)).gap).toBe(true);
+      expect(await backend.history('o/x', big.id)).toEqual({ gap: false, messages: [] });
+      const after = await backend.publish('o/x', {}, Buffer.from('kept again'));
+      expect((await backend.history('o/x', big.id)).messages.map((m) => m.id)).toEqual([after.id]);
+
+      // Within its topic's limit but over the total: everything older goes, and it does too.
+      const t = await open({ bytes: 1024 * 1024, totalBytes: 4096 });
+      const x = await t.backend.publish('o/x', {}, Buffer.from('x'));
+      const y = await t.backend.publish('o/y', {}, Buffer.from('y'));
+      const huge = Buffer.alloc(5000, 9);
+      const z = await t.backend.publish('o/z', {}, huge);
+      await waitFor(() => t.received.length === 3, 5000, 'deliveries');
+      expect(Buffer.compare(t.received[2].body, huge)).toBe(0);
+      expect((await t.backend.history('o/')).messages).toEqual([]);
+      expect((await t.backend.history('o/y', x.id)).gap).toBe(true);
+      expect((await t.backend.history('o/', y.id)).gap).toBe(true);
+      expect(await t.backend.history('o/', z.id)).toEqual({ gap: false, messages: [] });
+    });
+
     it('expires by age and reports the gap', async () => {
       const { backend, received } = await open({ ageMs: 300 });
       const first = await backend.publish('age/x', {}, Buffer.from('old'));
