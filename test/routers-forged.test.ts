@@ -171,7 +171,7 @@ async function attack(pauseMs: number, prefix: string): Promise<{ worst: number;
 }
 
 describe('forged router envelopes', () => {
-  it(`${FORGED} forged 18 MiB deliveries over ${CONNECTIONS} connections never hold the event loop 300 ms`, async () => {
+  it(`${FORGED} forged 18 MiB deliveries over ${CONNECTIONS} connections never hold the event loop 150 ms`, async () => {
     await scrape();
     longestStall = 0;
     const { worst, count } = await attack(PAUSE_MS, 'paced-');
@@ -179,8 +179,9 @@ describe('forged router envelopes', () => {
     const stall = longestStall;
     console.log(`forged envelopes, paced: worst /status ${worst.toFixed(1)} ms over ${count} probes, longest event-loop stall ${stall.toFixed(0)} ms, server peak RSS ${peakRssMiB(server.child.pid!).toFixed(0)} MiB`);
     expect(count).toBeGreaterThan(10);
-    // Before verify-first, one forgery's JSON.parse alone held it 0.5-1.5 s.
-    expect(stall).toBeLessThan(300);
+    // Measured 40-52 ms. Before verify-first, one forgery's JSON.parse alone held it 0.5-1.5 s;
+    // while the store still wrote each 24 MB envelope it was about to trim, 140-280 ms.
+    expect(stall).toBeLessThan(150);
   }, 120_000);
 
   it(`${FORGED} more, back to back, keep the server under 700 MB, and a signed one still routes`, async () => {

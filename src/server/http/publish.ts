@@ -131,6 +131,9 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
     reserved = declared;
   }
 
+  // A declared body is copied into its one buffer as it arrives, so the turn that ends it
+  // does not also copy it whole (18 MiB: about 10 ms); a chunked one is joined at the end.
+  let whole: Buffer | undefined;
   let chunks: Buffer[] = [];
   let size = 0;
   let settled = false;
@@ -140,6 +143,7 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
     clearTimeout(timer);
     limits.releaseBody(reserved);
     reserved = 0;
+    whole = undefined;
     chunks = [];
   };
   const stop = (reason: RejectReason, err: HttpError) => {
@@ -158,8 +162,10 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
     if (declared === undefined) {
       if (!limits.reserveBody(chunk.length)) return stop('unavailable', busy());
       reserved += chunk.length;
+      chunks.push(chunk);
+    } else {
+      chunk.copy((whole ??= Buffer.allocUnsafe(declared)), size - chunk.length);
     }
-    chunks.push(chunk);
   });
   // The client went away (or the socket failed) mid-body: nothing to answer, memory back now.
   req.on('close', () => {
@@ -167,7 +173,7 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
   });
   req.on('end', () => {
     if (settled) return;
-    const raw = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+    const raw = whole?.subarray(0, size) ?? (chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size));
     finish();
     const headers = channel ? channelHeaders(req.headers, req.url) : keptHeaders(req.headers, config.keepHeaders);
     const body = envelope ? envelope(req.headers, raw) : raw;
