@@ -38,6 +38,7 @@ backendContract(
     const backend = await makeBackend(retention);
     return { backend, cleanup: () => backend.close() };
   },
+  { capsTopics: false },
 );
 
 describe('RedisBackend', () => {

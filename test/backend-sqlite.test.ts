@@ -245,6 +245,35 @@ describe('SqliteBackend', () => {
     expect((await b.history('big/x', '0-0')).gap).toBe(true);
   });
 
+  it('applies a lower --history-topics at open to the least recently published, and bounds tombstones by it', async () => {
+    let now = 1_800_000_000_000;
+    const a = open(dir(), {}, { now: () => now });
+    const ids: string[] = [];
+    for (const t of ['p', 'q', 'r', 's']) ids.push((await a.publish(`few/${t}`, {}, Buffer.from(t))).id);
+    await a.publish('few/p', {}, Buffer.from('p again'));
+    // Recency is read back from the file: few/q and few/r were published least recently.
+    const b = await reopen(a, { topics: 2 }, { now: () => now });
+    expect((await b.historyTopics()).map((t) => t.topic).sort()).toEqual(['few/p', 'few/s']);
+    expect((await b.history('few/q', '0-0')).gap).toBe(true);
+    expect(await b.history('few/r', ids[2])).toEqual({ gap: false, messages: [] });
+    expect((await b.history('few/r', ids[1])).gap).toBe(true);
+
+    // Ten more topics push eight more out; a second later housekeeping keeps two tombstones.
+    for (let i = 0; i < 10; i++) await b.publish(`many/${i}`, {}, Buffer.from(String(i)));
+    now += 2000;
+    await b.publish('many/last', {}, Buffer.from('last'));
+    const file = new Database(b.file, { readonly: true });
+    try {
+      expect((file.prepare('SELECT count(*) AS n FROM tombstones').get() as { n: number }).n).toBe(2);
+      expect((file.prepare('SELECT count(*) AS n FROM topics').get() as { n: number }).n).toBe(2);
+    } finally {
+      file.close();
+    }
+    // What was forgotten still reads as a gap.
+    expect((await b.history('few/q', ids[0])).gap).toBe(true);
+    expect((await b.history('many/', '0-0')).gap).toBe(true);
+  });
+
   it('remembers the gap of a topic that emptied, across a reopen', async () => {
     const a = open(dir(), { ageMs: 60_000 });
     const first = await a.publish('tomb/a', {}, Buffer.from('1'));

@@ -287,6 +287,7 @@ describe.skipIf(noCluster)('Redis Cluster', () => {
       const backend = await makeBackend(retention);
       return { backend, cleanup: () => backend.close() };
     },
+    { capsTopics: false },
   );
 
   describe('across nodes', () => {

@@ -18,7 +18,13 @@ export type MakeBackend = (retention: Retention) => Promise<MadeBackend>;
 const allBytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
 const notUtf8 = Buffer.from([0xff, 0xfe, 0x00, 0xc3, 0x28, 0x80, 0x0a, 0x00]);
 
-export function backendContract(name: string, make: MakeBackend): void {
+/** What a backend may leave out, each documented in the README. */
+export interface ContractOptions {
+  /** --history-topics is enforced (not by Redis, whose memory the byte limits and maxmemory bound). */
+  capsTopics?: boolean;
+}
+
+export function backendContract(name: string, make: MakeBackend, { capsTopics = true }: ContractOptions = {}): void {
   // What one retained message counts against the byte limits, in every backend.
   const size = storedSize;
   describe(`Backend contract: ${name}`, () => {
@@ -223,6 +229,30 @@ export function backendContract(name: string, make: MakeBackend): void {
       expect((await t.backend.history('o/y', x.id)).gap).toBe(true);
       expect((await t.backend.history('o/', y.id)).gap).toBe(true);
       expect(await t.backend.history('o/', z.id)).toEqual({ gap: false, messages: [] });
+    });
+
+    it.skipIf(!capsTopics)('keeps history for --history-topics topics: the least recently published loses it, and a resume on it is told', async () => {
+      const { backend } = await open({ topics: 3 });
+      const body = (m: Message) => m.body.toString();
+      await backend.publish('cap/a', {}, Buffer.from('a1'));
+      const b = await backend.publish('cap/b', {}, Buffer.from('b'));
+      await backend.publish('cap/c', {}, Buffer.from('c'));
+      // cap/a is published again, so cap/b is now the least recently published.
+      await backend.publish('cap/a', {}, Buffer.from('a2'));
+      await backend.publish('cap/d', {}, Buffer.from('d'));
+
+      expect(await backend.history('cap/b')).toEqual({ gap: false, messages: [] });
+      expect((await backend.history('cap/b', '0-0')).gap).toBe(true);
+      expect(await backend.history('cap/b', b.id)).toEqual({ gap: false, messages: [] });
+      const all = await backend.history('cap/');
+      expect(all.messages.map(body)).toEqual(['a1', 'c', 'a2', 'd']);
+      expect((await backend.history('cap/', '0-0')).gap).toBe(true);
+      expect((await backend.historyTopics()).map((t) => t.topic).sort()).toEqual(['cap/a', 'cap/c', 'cap/d']);
+
+      // A topic that lost its history keeps new messages as any other.
+      const again = await backend.publish('cap/b', {}, Buffer.from('b again'));
+      expect((await backend.history('cap/b', b.id)).messages.map((m) => m.id)).toEqual([again.id]);
+      expect((await backend.historyTopics()).map((t) => t.topic).sort()).toEqual(['cap/a', 'cap/b', 'cap/d']);
     });
 
     it('expires by age and reports the gap', async () => {

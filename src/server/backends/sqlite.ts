@@ -33,6 +33,7 @@ import { closeSync, fsync, fsyncSync, openSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import {
   BackendUnavailableError,
+  DEFAULT_RETENTION,
   historyEnabled,
   storedSize,
   type Backend,
@@ -103,8 +104,6 @@ function prefixRange(prefix: string): [string, string] {
   return [prefix, prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)];
 }
 
-// Tombstones kept (by count), as memory.ts; past it the oldest are forgotten into one watermark.
-const TOMBSTONES = 100_000;
 /** How often expired idempotency keys and claims are deleted. */
 const HOUSEKEEPING_MS = 1000;
 /**
@@ -158,6 +157,14 @@ export class SqliteBackend implements Backend {
   readonly file: string;
   readonly #retention: Retention;
   readonly #enabled: boolean;
+  /**
+   * --history-topics, as memory.ts: topics with history at most (past it the
+   * least recently published loses its history), and tombstones at most
+   * (past it the oldest are forgotten into one watermark).
+   */
+  readonly #maxTopics: number;
+  /** Every topic with a row, least recently published first (re-added on each publish). */
+  #recent = new Set<string>();
   readonly #fsync: FsyncMode;
   readonly #log: StoreLog | undefined;
   readonly #now: () => number;
@@ -228,6 +235,7 @@ export class SqliteBackend implements Backend {
     this.dataDir = resolvePath(dataDir);
     this.#retention = retention;
     this.#enabled = historyEnabled(retention);
+    this.#maxTopics = retention.topics ?? DEFAULT_RETENTION.topics!;
     this.#fsync = options.fsync ?? 'normal';
     this.#log = options.log;
     this.#now = options.now ?? Date.now;
@@ -468,6 +476,8 @@ export class SqliteBackend implements Backend {
       if (p.scope !== undefined) s.putIdempotency.run(p.scope, p.k, now);
     }
     for (const [topic, added] of touched) {
+      this.#recent.delete(topic);
+      this.#recent.add(topic);
       const [messages, bytes] = s.addToTopic.get(topic, added.messages, added.bytes) as [number, number];
       if (messages === added.messages) {
         // A new row: a topic that emptied before keeps its mark, so resumes from before it still see the gap.
@@ -479,6 +489,7 @@ export class SqliteBackend implements Backend {
       }
       if (messages > r.count || bytes > r.bytes) this.#trimTopic(topic, messages, bytes, r.count, r.bytes);
     }
+    if (this.#recent.size > this.#maxTopics) this.#evictTopics();
     for (const key of batch.claims) s.putClaim.run(key, now);
     for (const key of batch.releases) s.deleteClaim.run(key);
     if (this.#enabled) this.#expire(now);
@@ -508,9 +519,20 @@ export class SqliteBackend implements Backend {
     this.#totalBytes -= bytes - b;
     if (n === 0) {
       s.deleteTopic.run(topic);
+      this.#recent.delete(topic);
       this.#tombstone(topic, last);
     } else {
       s.setTopic.run(n, b, last, topic);
+    }
+  }
+
+  /** Past --history-topics, the least recently published topics lose their history (remembered as trimmed). */
+  #evictTopics(): void {
+    for (const topic of this.#recent) {
+      if (this.#recent.size <= this.#maxTopics) break;
+      const row = this.#s.getTopic.get(topic) as [number, number] | undefined;
+      if (row) this.#trimTopic(topic, row[0], row[1], 0, 0);
+      this.#recent.delete(topic);
     }
   }
 
@@ -560,6 +582,7 @@ export class SqliteBackend implements Backend {
       const [left] = s.takeFromTopic.get(t.messages, t.bytes, t.last, topic) as [number];
       if (left <= 0) {
         s.deleteTopic.run(topic);
+        this.#recent.delete(topic);
         this.#tombstone(topic, t.last);
       }
     }
@@ -574,8 +597,8 @@ export class SqliteBackend implements Backend {
     this.#claimKeys -= s.expireClaims.run(cutoff).changes;
     if (this.#idempotencyKeys > this.#maxKeys) this.#idempotencyKeys -= s.evictIdempotency.run(this.#idempotencyKeys - this.#maxKeys).changes;
     if (this.#claimKeys > this.#maxKeys) this.#claimKeys -= s.evictClaims.run(this.#claimKeys - this.#maxKeys).changes;
-    if (this.#tombstones > TOMBSTONES) {
-      const forgotten = s.evictTombstones.all(this.#tombstones - TOMBSTONES) as Array<{ trimmed: number }>;
+    if (this.#tombstones > this.#maxTopics) {
+      const forgotten = s.evictTombstones.all(this.#tombstones - this.#maxTopics) as Array<{ trimmed: number }>;
       this.#tombstones -= forgotten.length;
       for (const f of forgotten) if (f.trimmed > this.#forgottenKey) this.#forgottenKey = f.trimmed;
       s.setMeta.run('forgotten', this.#forgottenKey);
@@ -590,6 +613,7 @@ export class SqliteBackend implements Backend {
     for (const t of this.#s.topicsOver.all(count, bytes) as Array<{ topic: string; messages: number; bytes: number }>) {
       this.#trimTopic(t.topic, t.messages, t.bytes, count, bytes);
     }
+    if (this.#recent.size > this.#maxTopics) this.#evictTopics();
     if (this.#enabled) this.#expire(now);
     this.#housekeep(now);
   }
@@ -601,6 +625,7 @@ export class SqliteBackend implements Backend {
     this.#tombstones = (s.countTombstones.get() as { n: number }).n;
     this.#idempotencyKeys = (s.countIdempotency.get() as { n: number }).n;
     this.#claimKeys = (s.countClaims.get() as { n: number }).n;
+    this.#recent = new Set((s.topicsByRecency.all() as Array<[string]>).map(([topic]) => topic));
     this.#expireDue = 0;
   }
 
@@ -809,6 +834,8 @@ function prepare(db: Db) {
     setTopicTrimmed: p('UPDATE topics SET trimmed = ? WHERE topic = ?'),
     takeFromTopic: p('UPDATE topics SET messages = messages - ?, bytes = bytes - ?, trimmed = max(trimmed, ?) WHERE topic = ? RETURNING messages').raw(),
     deleteTopic: p('DELETE FROM topics WHERE topic = ?'),
+    getTopic: p('SELECT messages, bytes FROM topics WHERE topic = ?').raw(),
+    topicsByRecency: p('SELECT t.topic FROM topics t ORDER BY (SELECT max(k) FROM messages m WHERE m.topic = t.topic)').raw(),
     topicOldest: p('SELECT k, size FROM messages WHERE topic = ? AND k > ? ORDER BY k LIMIT ?').raw(),
     deleteTopicUpTo: p('DELETE FROM messages WHERE topic = ? AND k <= ?'),
     oldest: p('SELECT k, topic, time, size FROM messages WHERE k > ? ORDER BY k LIMIT ?').raw(),
