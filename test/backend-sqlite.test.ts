@@ -93,6 +93,31 @@ describe('SqliteBackend', () => {
     expect(b.seenStore(60_000).claim('k2')).toBe(false);
   });
 
+  it('counts released claims out, so housekeeping at --max-keys never evicts one still in its window', async () => {
+    let now = 1_800_000_000_000;
+    const a = open(dir(), {}, { now: () => now, maxKeys: 2 });
+    const seen = a.seenStore(60_000);
+    const commit = () => a.publish('c', {}, Buffer.from('commit'));
+    expect(seen.claim('a')).toBe(false);
+    expect(seen.claim('b')).toBe(false);
+    await commit();
+    // Released twice over: once committed, once while still pending.
+    void seen.release('b');
+    await commit();
+    expect(seen.claim('p')).toBe(false);
+    void seen.release('p');
+    // Released and claimed again in one batch: it stays claimed.
+    void seen.release('a');
+    expect(seen.claim('a')).toBe(false);
+    expect(seen.claim('c')).toBe(false);
+    now += 2000;
+    await commit();
+    // Two claims, a and c, within --max-keys 2: housekeeping keeps both.
+    expect(seen.claim('a')).toBe(true);
+    expect(seen.claim('c')).toBe(true);
+    expect(seen.claim('b')).toBe(false);
+  });
+
   it('keeps ids strictly increasing past 4096 in one millisecond and across a reopen in that millisecond', async () => {
     const now = 1_800_000_000_000;
     const a = open(dir(), { count: 0 }, { now: () => now });

@@ -378,9 +378,14 @@ export class SqliteBackend implements Backend {
         if (windowMs <= 0 || this.#maxKeys <= 0) return false;
         if (this.#closed) throw new BackendUnavailableError('server is shutting down');
         if (this.#pendingClaims.has(key)) return true;
-        const row = this.#s.getClaim.get(key) as { at: number } | undefined;
-        if (row && this.#now() - row.at < windowMs) return true;
-        if (!row) this.#claimKeys++;
+        const released = this.#batch.releases.indexOf(key);
+        if (released !== -1) {
+          // Released but not yet written: its row is as good as gone, and the new claim replaces it.
+          this.#batch.releases.splice(released, 1);
+        } else {
+          const row = this.#s.getClaim.get(key) as { at: number } | undefined;
+          if (row && this.#now() - row.at < windowMs) return true;
+        }
         this.#pendingClaims.add(key);
         this.#batch.claims.push(key);
         this.#scheduleFlush();
@@ -490,8 +495,12 @@ export class SqliteBackend implements Backend {
       if (messages > r.count || bytes > r.bytes) this.#trimTopic(topic, messages, bytes, r.count, r.bytes);
     }
     if (this.#recent.size > this.#maxTopics) this.#evictTopics();
-    for (const key of batch.claims) s.putClaim.run(key, now);
-    for (const key of batch.releases) s.deleteClaim.run(key);
+    // The count follows the rows, so housekeeping never evicts claims still in their window.
+    for (const key of batch.releases) this.#claimKeys -= s.deleteClaim.run(key).changes;
+    for (const key of batch.claims) {
+      if (s.getClaim.get(key) === undefined) this.#claimKeys++;
+      s.putClaim.run(key, now);
+    }
     if (this.#enabled) this.#expire(now);
     if (now - this.#housekeptAt >= HOUSEKEEPING_MS) this.#housekeep(now);
     // With history on, the newest id is a retained message or a trim mark; only with it off must it be written down.
