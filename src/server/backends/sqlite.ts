@@ -86,6 +86,11 @@ function keyOf(ms: number, seq: number): number {
   return k > MAX_KEY ? MAX_KEY : k;
 }
 
+/** A lock held by another connection (the checkpointer's); the store never waits on one. */
+function isBusy(err: unknown): boolean {
+  return (err as { code?: string }).code === 'SQLITE_BUSY';
+}
+
 function idOf(k: number): string {
   const ms = Math.floor(k / SEQ_PER_MS);
   return `${EPOCH_MS + ms}-${k - ms * SEQ_PER_MS}`;
@@ -421,8 +426,9 @@ export class SqliteBackend implements Backend {
     try {
       this.#commit(batch, now);
     } catch (err) {
-      if ((err as { code?: string }).code === 'SQLITE_BUSY' && !this.#closed) {
+      if (isBusy(err) && !this.#closed) {
         // A lock held by a checkpoint: try again shortly rather than wait (the event loop must not) or refuse.
+        // It is met at BEGIN IMMEDIATE, before #write ran, so no tally needs putting back.
         this.#busySince ||= now;
         if (now - this.#busySince < BUSY_GIVE_UP_MS) {
           this.#batch = mergeBatches(batch, this.#batch);
@@ -527,25 +533,35 @@ export class SqliteBackend implements Backend {
     s.deleteTopicUpTo.run(topic, last);
     this.#totalBytes -= bytes - b;
     if (n === 0) {
-      s.deleteTopic.run(topic);
-      this.#recent.delete(topic);
-      this.#tombstone(topic, last);
+      this.#emptied(topic, last);
     } else {
       s.setTopic.run(n, b, last, topic);
     }
   }
 
-  /** Past --history-topics, the least recently published topics lose their history (remembered as trimmed). */
+  /**
+   * Past --history-topics, the least recently published topics lose their
+   * history: a range delete each, its bytes from the topic's row.
+   */
   #evictTopics(): void {
+    const s = this.#s;
     for (const topic of this.#recent) {
       if (this.#recent.size <= this.#maxTopics) break;
-      const row = this.#s.getTopic.get(topic) as [number, number] | undefined;
-      if (row) this.#trimTopic(topic, row[0], row[1], 0, 0);
-      this.#recent.delete(topic);
+      const [bytes, newest] = (s.topicExtent.get(topic) as [number, number | null] | undefined) ?? [0, null];
+      if (newest === null) {
+        this.#recent.delete(topic);
+        continue;
+      }
+      s.deleteTopicUpTo.run(topic, newest);
+      this.#totalBytes -= bytes;
+      this.#emptied(topic, newest);
     }
   }
 
-  #tombstone(topic: string, trimmed: number): void {
+  /** A topic with no message left: its row goes, and a tombstone keeps its trim mark. */
+  #emptied(topic: string, trimmed: number): void {
+    this.#s.deleteTopic.run(topic);
+    this.#recent.delete(topic);
     this.#s.putTombstone.run(topic, trimmed);
     this.#tombstones++;
   }
@@ -589,11 +605,7 @@ export class SqliteBackend implements Backend {
     s.deleteUpTo.run(upTo);
     for (const [topic, t] of topics) {
       const [left] = s.takeFromTopic.get(t.messages, t.bytes, t.last, topic) as [number];
-      if (left <= 0) {
-        s.deleteTopic.run(topic);
-        this.#recent.delete(topic);
-        this.#tombstone(topic, t.last);
-      }
+      if (left <= 0) this.#emptied(topic, t.last);
     }
   }
 
@@ -740,9 +752,10 @@ export class SqliteBackend implements Backend {
     try {
       const now = this.#now();
       this.#expireNow(now);
-    } catch {
+    } catch (err) {
       // A full disk can refuse even deletes; the messages stay until the next commit expires them.
-      this.#recount();
+      // SQLITE_BUSY (a checkpoint's lock) comes from BEGIN, before anything was counted.
+      if (!isBusy(err)) this.#recount();
     }
   }
 
@@ -843,7 +856,7 @@ function prepare(db: Db) {
     setTopicTrimmed: p('UPDATE topics SET trimmed = ? WHERE topic = ?'),
     takeFromTopic: p('UPDATE topics SET messages = messages - ?, bytes = bytes - ?, trimmed = max(trimmed, ?) WHERE topic = ? RETURNING messages').raw(),
     deleteTopic: p('DELETE FROM topics WHERE topic = ?'),
-    getTopic: p('SELECT messages, bytes FROM topics WHERE topic = ?').raw(),
+    topicExtent: p('SELECT t.bytes, (SELECT max(k) FROM messages m WHERE m.topic = t.topic) FROM topics t WHERE t.topic = ?').raw(),
     topicsByRecency: p('SELECT t.topic FROM topics t ORDER BY (SELECT max(k) FROM messages m WHERE m.topic = t.topic)').raw(),
     topicOldest: p('SELECT k, size FROM messages WHERE topic = ? AND k > ? ORDER BY k LIMIT ?').raw(),
     deleteTopicUpTo: p('DELETE FROM messages WHERE topic = ? AND k <= ?'),
