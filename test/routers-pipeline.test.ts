@@ -90,6 +90,45 @@ describe('Payload', () => {
     return Payload.base64(buf, 12, 12 + Buffer.byteLength(s));
   };
 
+  it('accepts exactly what JSON.parse then decodeBase64 (standard base64, as Go) accepts, JSON escapes included', () => {
+    // What a JSON string of base64 may hold: line breaks (skipped, as Go does), an escaped slash, and what is wrong.
+    const tokens = ['\\n', '\\r', '\\/', '\\t', '\\\\', '\\u0041', '\\', '\n', 'QQ', 'Zm9v'];
+    let seed = 7;
+    const next = (n: number) => (seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) % n;
+    for (let i = 0; i < 20_000; i++) {
+      let s = '';
+      for (let j = 0; j < 1 + (i % 6); j++) s += tokens[next(10) < 7 ? next(3) + 7 : next(tokens.length)];
+      let parsed: string | undefined;
+      try {
+        parsed = JSON.parse(`"${s}"`) as string;
+      } catch {
+        parsed = undefined;
+      }
+      // \u escapes are the one deviation: Go would decode \u0041 to A; no encoder writes base64 that way.
+      const expected = parsed === undefined || s.includes('\\u') ? undefined : decodeBase64(parsed);
+      expect(b64(s).bytes()?.toString('hex'), JSON.stringify(s)).toBe(expected?.toString('hex'));
+    }
+  });
+
+  it('streams base64 wrapped at 76 characters as a JSON string, escapes across chunk boundaries included', async () => {
+    const body = randomBytes(3 * 1024 * 1024 + 5);
+    const lines = body.toString('base64').match(/.{1,76}/g)!;
+    // Python's json.dumps(base64.encodebytes(...).decode()): every line ends in an escaped newline.
+    const wrapped = lines.join('\\n') + '\\n';
+    // And one escape split by the 1 MiB chunk boundary, the other kind of line break.
+    const split = 'A'.repeat(1024 * 1024 - 1) + '\\r' + 'A' + 'QUJD';
+    for (const [text, bytes] of [
+      [wrapped, body],
+      [split, Buffer.from('A'.repeat(1024 * 1024) + 'QUJD', 'base64')],
+    ] as const) {
+      const p = Payload.base64(Buffer.from(text), 0, text.length);
+      expect(p.precheck()).toBe(true);
+      const [mac] = await hmacHex('sha256', ['k'], p);
+      expect(mac).toBe(createHmac('sha256', 'k').update(bytes).digest('hex'));
+      expect(p.bytes()?.equals(bytes)).toBe(true);
+    }
+  });
+
   it('accepts exactly what decodeBase64 (standard base64, as Go) accepts', () => {
     const alphabet = 'AQgw+/=-_ *%\u00ff';
     // A fixed pseudo-random sequence, so a failure names a string that fails every run.

@@ -57,12 +57,13 @@ export class Payload {
 
   /**
    * False when the payload certainly is not standard base64, decided without
-   * reading it: a length that is not a multiple of 4. Everything else (a
-   * stray character, URL-safe characters, `=` before the end) is found while
-   * decoding, one chunk at a time.
+   * decoding it: a length that is not a multiple of 4, with no JSON escape
+   * (a `\n` line break is two characters) to account for it. Everything else
+   * (a stray character, URL-safe characters, `=` before the end) is found
+   * while decoding, one chunk at a time.
    */
   precheck(): boolean {
-    return !this.#base64 || this.#source.length % 4 === 0;
+    return !this.#base64 || this.#source.length % 4 === 0 || this.#source.includes(BACKSLASH);
   }
 
   /**
@@ -80,13 +81,14 @@ export class Payload {
       return;
     }
     if (!this.precheck()) throw new PayloadError(INVALID_BASE64);
-    const scratch = Buffer.allocUnsafe(Math.min(CHUNK, s.length) * 0.75);
-    for (let i = 0; i < s.length; i += CHUNK) {
-      if (i > 0) await nextTurn();
-      const end = Math.min(i + CHUNK, s.length);
-      const decoded = decodeInto(s, i, end, scratch);
-      if (decoded === undefined) throw new PayloadError(INVALID_BASE64);
-      yield scratch.subarray(0, decoded);
+    const scratch = Buffer.allocUnsafe(Math.ceil((Math.min(CHUNK, s.length) + PIECE_SLACK) / 4) * 3);
+    const pieces = decodePieces(s, () => scratch);
+    for (let first = true; ; first = false) {
+      if (!first) await nextTurn();
+      const next = pieces.next();
+      if (next.done) return;
+      if (next.value === undefined) throw new PayloadError(INVALID_BASE64);
+      yield next.value;
     }
   }
 
@@ -95,30 +97,87 @@ export class Payload {
     const s = this.#source;
     if (!this.#base64) return s;
     if (!this.precheck()) return undefined;
-    const out = Buffer.allocUnsafe(s.length * 0.75);
+    const out = Buffer.allocUnsafe(Math.ceil(s.length / 4) * 3);
     let size = 0;
-    for (let i = 0; i < s.length; i += CHUNK) {
-      const decoded = decodeInto(s, i, Math.min(i + CHUNK, s.length), out.subarray(size));
-      if (decoded === undefined) return undefined;
-      size += decoded;
+    for (const piece of decodePieces(s, () => out.subarray(size))) {
+      if (piece === undefined) return undefined;
+      size += piece.length;
     }
     return out.subarray(0, size);
   }
 }
 
+const BACKSLASH = 0x5c;
+const SLASH = 0x2f;
+/** Characters a piece may hold beyond CHUNK: an escape kept whole, and up to 3 carried over. */
+const PIECE_SLACK = 4;
+
 /**
- * Decodes base64 `text[start, end)` (a multiple of 4 characters) into
- * `into`: the byte count, or undefined when it is not standard base64.
- * Node's decoder skips characters that are not base64 (and stops at `=`), so
- * fewer bytes than the length promises means a stray character; it also
- * takes the URL-safe `-` and `_`, which standard base64 (Go's) does not.
+ * Decodes base64 `text` (the raw contents of a JSON string) about CHUNK
+ * characters at a time, each piece written into `into()` and yielded as the
+ * bytes it made; undefined, and the end, when it is not standard base64.
+ *
+ * What a JSON string can hold of such text is undone first, as the original
+ * (Go's encoding/json into a []byte) would: `\n` and `\r` are line breaks,
+ * which Go's decoder skips (encoders that wrap lines at 76 characters emit
+ * them), and `\/` is `/`. Any other escape decodes to a character base64
+ * cannot hold. A GitHub envelope has none, and its chunks are decoded where
+ * they lie; with escapes, a piece is a copy and what is left over of a quad
+ * is carried into the next.
  */
-function decodeInto(text: Buffer, start: number, end: number, into: Buffer): number | undefined {
-  const chunk = text.subarray(start, end);
-  if (chunk.includes(0x2d) || chunk.includes(0x5f)) return undefined;
-  const pad = end === text.length ? (text[end - 1] === 0x3d ? (text[end - 2] === 0x3d ? 2 : 1) : 0) : 0;
-  const expected = ((end - start) / 4) * 3 - pad;
-  const written = into.write(chunk.toString('latin1'), 0, expected, 'base64');
+function* decodePieces(text: Buffer, into: () => Buffer): Generator<Buffer | undefined, void, undefined> {
+  let carry = Buffer.alloc(0);
+  for (let pos = 0; pos < text.length; ) {
+    let end = Math.min(pos + CHUNK, text.length);
+    // An escape is two characters: keep it in one piece.
+    if (end < text.length && text[end - 1] === BACKSLASH) end++;
+    let piece: Buffer | undefined = text.subarray(pos, end);
+    pos = end;
+    if (piece.includes(BACKSLASH)) piece = unescapeJson(piece);
+    if (piece !== undefined && carry.length > 0) piece = Buffer.concat([carry, piece]);
+    const last = pos === text.length;
+    const whole = piece === undefined ? 0 : piece.length - (piece.length % 4);
+    if (piece === undefined || (last && whole !== piece.length)) {
+      yield undefined;
+      return;
+    }
+    carry = Buffer.from(piece.subarray(whole));
+    const target = into();
+    const decoded = decodeQuads(piece.subarray(0, whole), last, target);
+    yield decoded === undefined ? undefined : target.subarray(0, decoded);
+    if (decoded === undefined) return;
+  }
+}
+
+/** `piece` with `\n`, `\r` dropped and `\/` made `/`; undefined for any other escape. */
+function unescapeJson(piece: Buffer): Buffer | undefined {
+  const out = Buffer.allocUnsafe(piece.length);
+  let size = 0;
+  let from = 0;
+  for (let at = piece.indexOf(BACKSLASH); at !== -1; at = piece.indexOf(BACKSLASH, from)) {
+    size += piece.copy(out, size, from, at);
+    const escaped = piece[at + 1];
+    if (escaped === SLASH) out[size++] = SLASH;
+    else if (escaped !== 0x6e && escaped !== 0x72) return undefined;
+    from = at + 2;
+  }
+  size += piece.copy(out, size, from);
+  return out.subarray(0, size);
+}
+
+/**
+ * Decodes base64 quads into `into`: the byte count, or undefined when they
+ * are not standard base64. Only the `last` may end in `=` padding. Node's
+ * decoder skips characters that are not base64 (and stops at `=`), so fewer
+ * bytes than the length promises means a stray character; it also takes the
+ * URL-safe `-` and `_`, which standard base64 (Go's) does not.
+ */
+function decodeQuads(quads: Buffer, last: boolean, into: Buffer): number | undefined {
+  if (quads.includes(0x2d) || quads.includes(0x5f)) return undefined;
+  const n = quads.length;
+  const pad = last && n > 0 && quads[n - 1] === 0x3d ? (quads[n - 2] === 0x3d ? 2 : 1) : 0;
+  const expected = (n / 4) * 3 - pad;
+  const written = into.write(quads.toString('latin1'), 0, expected, 'base64');
   return written === expected ? written : undefined;
 }
 
