@@ -42,11 +42,14 @@ export interface Admitted {
 
 export const SHUTTING_DOWN = () => new HttpError(Status.SERVICE_UNAVAILABLE, 'server is shutting down', { connection: 'close' });
 
+/** Every query-less request shares it (most publishes have none); nothing writes to a parsed query. */
+const NO_QUERY = new URLSearchParams();
+
 /** Splits a request target into its path and its query. */
 export function splitUrl(url: string | undefined): { path: string; query: URLSearchParams } {
   const target = url ?? '/';
   const q = target.indexOf('?');
-  return q === -1 ? { path: target, query: new URLSearchParams() } : { path: target.slice(0, q), query: new URLSearchParams(target.slice(q + 1)) };
+  return q === -1 ? { path: target, query: NO_QUERY } : { path: target.slice(0, q), query: new URLSearchParams(target.slice(q + 1)) };
 }
 
 /**

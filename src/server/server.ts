@@ -14,7 +14,7 @@ import type { Config } from './config.js';
 import type { Context } from './context.js';
 import { configureConnections, SERVER_OPTIONS } from './http/connections.js';
 import { createHttpHandler } from './http/handler.js';
-import { refuseUpgrade } from './http/respond.js';
+import { refuseSocket } from './http/respond.js';
 import { Limits } from './ops/limits.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './ops/metrics.js';
@@ -87,7 +87,7 @@ export async function startServer(config: Config, log: Logger = createLogger(con
   configureConnections(server, ctx, Boolean(config.tls), sockets);
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     const refused = limits.connectionRefusal(socket);
-    if (refused) return refuseUpgrade(socket, refused);
+    if (refused) return refuseSocket(socket, refused);
     ws.handleUpgrade(req, socket, head);
   });
 

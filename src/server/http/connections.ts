@@ -4,11 +4,11 @@
  * connections per client address, malformed requests answered and closed,
  * and the rule that only a WebSocket subscribe takes the upgrade path.
  */
-import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { HttpError, Status } from '../../protocol/errors.js';
 import type { Context } from '../context.js';
-import { errorBody, NOSNIFF, TEXT } from './respond.js';
+import { refuseSocket } from './respond.js';
 import { isOpsPath } from './ops.js';
 
 /** How often node checks its header and request timeouts; the default (30 s) would let a timeout run that much late. */
@@ -61,15 +61,6 @@ function routeUpgrades(socket: Socket): void {
   };
 }
 
-/** A raw answer on a socket whose request node could not parse (or that timed out), then the end of it. */
-function refuseRaw(socket: Socket, err: HttpError): void {
-  if (!socket.writable) return void socket.destroy();
-  const body = errorBody(err);
-  socket.end(
-    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: ${TEXT}\r\nX-Content-Type-Options: ${NOSNIFF}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
-  );
-}
-
 /** Sets the server's timeouts and wires connection tracking, upgrade routing and client-error answers. */
 export function configureConnections(server: Server, ctx: Context, tls: boolean, sockets: Set<Socket>): void {
   const { config, limits } = ctx;
@@ -86,10 +77,10 @@ export function configureConnections(server: Server, ctx: Context, tls: boolean,
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
-      return refuseRaw(socket, new HttpError(Status.REQUEST_TIMEOUT, `request not received in time (--header-timeout ${config.headerTimeoutMs} ms, --body-timeout ${config.bodyTimeoutMs} ms)`));
+      return refuseSocket(socket, new HttpError(Status.REQUEST_TIMEOUT, `request not received in time (--header-timeout ${config.headerTimeoutMs} ms, --body-timeout ${config.bodyTimeoutMs} ms)`));
     }
-    if (err.code === 'HPE_HEADER_OVERFLOW') return refuseRaw(socket, new HttpError(Status.HEADER_FIELDS_TOO_LARGE, 'malformed HTTP request'));
-    refuseRaw(socket, new HttpError(Status.BAD_REQUEST, 'malformed HTTP request'));
+    if (err.code === 'HPE_HEADER_OVERFLOW') return refuseSocket(socket, new HttpError(Status.HEADER_FIELDS_TOO_LARGE, 'malformed HTTP request'));
+    refuseSocket(socket, new HttpError(Status.BAD_REQUEST, 'malformed HTTP request'));
   });
 }
 

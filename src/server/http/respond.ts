@@ -37,8 +37,8 @@ export function replyError(res: ServerResponse, err: HttpError): void {
   reply(res, err.status, errorBody(err), err.headers);
 }
 
-/** Renders an HttpError on the raw socket of a refused WebSocket upgrade, then closes it. */
-export function refuseUpgrade(socket: Duplex, err: HttpError): void {
+/** Renders an HttpError on a raw socket (a refused WebSocket upgrade, a request node could not parse), then closes it. */
+export function refuseSocket(socket: Duplex, err: HttpError): void {
   if (!socket.writable) return void socket.destroy();
   const payload = errorBody(err);
   let head = `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: ${TEXT}\r\nX-Content-Type-Options: ${NOSNIFF}\r\n`;

@@ -15,7 +15,7 @@ import { CloseCode, HttpError } from '../../protocol/errors.js';
 import { isRecursive } from '../../protocol/topics.js';
 import { admit, SINCE_QUERY } from '../admission.js';
 import type { Context } from '../context.js';
-import { asHttpError, refuseUpgrade } from '../http/respond.js';
+import { asHttpError, refuseSocket } from '../http/respond.js';
 import type { Connection, EndReason, Sessions } from '../subscriber.js';
 import { hookbotV1Encoder, SUBPROTOCOL } from './hookbot-v1.js';
 import { framedEncoder, rawEncoder } from './raw.js';
@@ -85,7 +85,7 @@ export class WebSocketTransport {
       admitted = admit(this.#ctx, req, 'ws', [SINCE_QUERY]);
     } catch (err) {
       if (!(err instanceof HttpError)) this.#ctx.log.error({ err: (err as Error).message }, 'subscribe failed');
-      return refuseUpgrade(socket, asHttpError(err));
+      return refuseSocket(socket, asHttpError(err));
     }
     const { endpoint, since, slot } = admitted;
     // Held until the connection ends, whether or not the handshake completes.
