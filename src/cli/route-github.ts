@@ -24,8 +24,8 @@ import type { Command } from 'commander';
 import { subscribe, SubscribeError, type Subscription } from '../client/index.js';
 import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
-import { ConfigError, parseDuration, parseList } from '../server/config.js';
-import { collect, typedOptions } from './options.js';
+import { ConfigError, parseDuration } from '../server/config.js';
+import { collect, githubSecretsFrom, typedOptions } from './options.js';
 import { onStopSignal } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
 import { githubAdapter } from '../server/routers/github.js';
@@ -109,7 +109,7 @@ export function resolveRouteGithub(opts: RouteGithubOptions, env: NodeJS.Process
 
   const key = opts.key ?? env.HOOKBOT_KEY;
   if (!key) throw new ConfigError('HOOKBOT_KEY not set (set the HOOKBOT_KEY environment variable or pass --key): route-github makes its /pub/ tokens with it');
-  const secrets = opts.githubSecret?.length ? opts.githubSecret.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITHUB_SECRET);
+  const secrets = githubSecretsFrom(opts.githubSecret, env);
   if (secrets.length === 0) {
     throw new ConfigError('route-github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
   }
