@@ -24,7 +24,7 @@ import type { Command } from 'commander';
 import { subscribe, SubscribeError, type Subscription } from '../client/index.js';
 import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
-import { ConfigError, parseDuration } from '../server/config.js';
+import { ConfigError, parseDuration, SERVE_OPTIONS } from '../server/config.js';
 import { collect, githubSecretsFrom, typedOptions } from './options.js';
 import { onStopSignal } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
@@ -125,10 +125,8 @@ export function resolveRouteGithub(opts: RouteGithubOptions, env: NodeJS.Process
   const origin = opts.origin ?? env.HOOKBOT_ORIGIN ?? SAMEHOST;
   if (origin !== '') headers.Origin = origin === SAMEHOST ? `//${url.host}` : origin;
 
-  const logLevel = opts.logLevel ?? env.HOOKBOT_LOG_LEVEL ?? 'info';
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
-    throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent, got ${JSON.stringify(logLevel)}`);
-  }
+  // The table's parser, not readOption: that would add "(from HOOKBOT_LOG_LEVEL)" to the error.
+  const logLevel = SERVE_OPTIONS.logLevel.parse(opts.logLevel ?? env.HOOKBOT_LOG_LEVEL ?? SERVE_OPTIONS.logLevel.default, '--log-level');
   let token: string | undefined;
   if (!url.username) {
     // The server checks a token against the percent-decoded path.
