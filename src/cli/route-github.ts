@@ -26,7 +26,7 @@ import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
 import { ConfigError, parseDuration, SERVE_OPTIONS } from '../server/config.js';
 import { collect, githubSecretsFrom, typedOptions } from './options.js';
-import { onStopSignal } from './subscriber.js';
+import { onStopSignal, sleep } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
 import { githubAdapter } from '../server/routers/github.js';
 import { createRouter } from '../server/routers/pipeline.js';
@@ -265,7 +265,7 @@ class Republisher {
       }
       const delayMs = backoffDelay(attempt, { minMs: 500, maxMs: 30_000, jitter: 0.5 });
       this.#log.warn({ to: topic, attempt: attempt + 1, retryInMs: delayMs, error: what }, 'republish failed; retrying');
-      await sleep(delayMs, this.#signal);
+      await sleep(delayMs, this.#signal, () => new Stopped('stopping'));
     }
   }
 
@@ -298,20 +298,4 @@ class Republisher {
       req.end(body);
     });
   }
-}
-
-/** Resolves after ms, or rejects with Stopped as soon as `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new Stopped('stopping'));
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new Stopped('stopping'));
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
