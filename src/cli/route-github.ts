@@ -26,12 +26,11 @@ import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
 import { ConfigError, parseDuration, SERVE_OPTIONS } from '../server/config.js';
 import { collect, githubSecretsFrom, typedOptions } from './options.js';
-import { onStopSignal, sleep } from './subscriber.js';
+import { onStopSignal, retryDelay, sleep } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
 import { githubAdapter } from '../server/routers/github.js';
 import { createRouter } from '../server/routers/pipeline.js';
 import type { RouterHost } from '../server/routers/router.js';
-import { backoffDelay } from '../util/backoff.js';
 
 interface RouteGithubOptions {
   monitorUrl?: string;
@@ -263,7 +262,7 @@ class Republisher {
       if (r.status !== undefined && r.status < 500 && r.status !== 408 && r.status !== 429) {
         throw new Error(`republish to ${path} refused (${what})${r.status === 401 ? ': is --key the server\'s HOOKBOT_KEY?' : ''}`);
       }
-      const delayMs = backoffDelay(attempt, { minMs: 500, maxMs: 30_000, jitter: 0.5 });
+      const delayMs = retryDelay(attempt, 500);
       this.#log.warn({ to: topic, attempt: attempt + 1, retryInMs: delayMs, error: what }, 'republish failed; retrying');
       await sleep(delayMs, this.#signal, () => new Stopped('stopping'));
     }
