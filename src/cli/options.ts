@@ -52,5 +52,10 @@ export function keysOf(cmd: Command, env: NodeJS.ProcessEnv = process.env): stri
 
 /** `--github-secret` (repeatable, comma-separated) or HOOKBOT_GITHUB_SECRET, as serve reads them. */
 export function githubSecretsOf(cmd: Command, env: NodeJS.ProcessEnv = process.env): string[] {
-  return readOption(SERVE_OPTIONS.githubSecret, typedOptions(cmd).githubSecret as string[] | undefined, env) as string[];
+  return githubSecretsFrom(typedOptions(cmd).githubSecret as string[] | undefined, env);
+}
+
+/** The same, from the `--github-secret` values already taken from the command line. */
+export function githubSecretsFrom(given: string[] | undefined, env: NodeJS.ProcessEnv): string[] {
+  return readOption(SERVE_OPTIONS.githubSecret, given, env) as string[];
 }

@@ -24,14 +24,13 @@ import type { Command } from 'commander';
 import { subscribe, SubscribeError, type Subscription } from '../client/index.js';
 import { makeToken } from '../protocol/tokens.js';
 import type { Headers } from '../protocol/message.js';
-import { ConfigError, parseDuration, parseList } from '../server/config.js';
-import { collect, typedOptions } from './options.js';
-import { onStopSignal } from './subscriber.js';
+import { ConfigError, parseDuration, SERVE_OPTIONS } from '../server/config.js';
+import { collect, githubSecretsFrom, typedOptions } from './options.js';
+import { onStopSignal, retryDelay, sleep } from './subscriber.js';
 import { createLogger, type Logger } from '../server/log.js';
 import { githubAdapter } from '../server/routers/github.js';
 import { createRouter } from '../server/routers/pipeline.js';
 import type { RouterHost } from '../server/routers/router.js';
-import { backoffDelay } from '../util/backoff.js';
 
 interface RouteGithubOptions {
   monitorUrl?: string;
@@ -109,7 +108,7 @@ export function resolveRouteGithub(opts: RouteGithubOptions, env: NodeJS.Process
 
   const key = opts.key ?? env.HOOKBOT_KEY;
   if (!key) throw new ConfigError('HOOKBOT_KEY not set (set the HOOKBOT_KEY environment variable or pass --key): route-github makes its /pub/ tokens with it');
-  const secrets = opts.githubSecret?.length ? opts.githubSecret.flatMap((s) => parseList(s)) : parseList(env.HOOKBOT_GITHUB_SECRET);
+  const secrets = githubSecretsFrom(opts.githubSecret, env);
   if (secrets.length === 0) {
     throw new ConfigError('route-github needs the GitHub webhook secret: set HOOKBOT_GITHUB_SECRET or pass --github-secret (comma-separate several to rotate)');
   }
@@ -125,10 +124,8 @@ export function resolveRouteGithub(opts: RouteGithubOptions, env: NodeJS.Process
   const origin = opts.origin ?? env.HOOKBOT_ORIGIN ?? SAMEHOST;
   if (origin !== '') headers.Origin = origin === SAMEHOST ? `//${url.host}` : origin;
 
-  const logLevel = opts.logLevel ?? env.HOOKBOT_LOG_LEVEL ?? 'info';
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
-    throw new ConfigError(`--log-level must be one of fatal, error, warn, info, debug, trace, silent, got ${JSON.stringify(logLevel)}`);
-  }
+  // The table's parser, not readOption: that would add "(from HOOKBOT_LOG_LEVEL)" to the error.
+  const logLevel = SERVE_OPTIONS.logLevel.parse(opts.logLevel ?? env.HOOKBOT_LOG_LEVEL ?? SERVE_OPTIONS.logLevel.default, '--log-level');
   let token: string | undefined;
   if (!url.username) {
     // The server checks a token against the percent-decoded path.
@@ -265,9 +262,9 @@ class Republisher {
       if (r.status !== undefined && r.status < 500 && r.status !== 408 && r.status !== 429) {
         throw new Error(`republish to ${path} refused (${what})${r.status === 401 ? ': is --key the server\'s HOOKBOT_KEY?' : ''}`);
       }
-      const delayMs = backoffDelay(attempt, { minMs: 500, maxMs: 30_000, jitter: 0.5 });
+      const delayMs = retryDelay(attempt, 500);
       this.#log.warn({ to: topic, attempt: attempt + 1, retryInMs: delayMs, error: what }, 'republish failed; retrying');
-      await sleep(delayMs, this.#signal);
+      await sleep(delayMs, this.#signal, () => new Stopped('stopping'));
     }
   }
 
@@ -300,20 +297,4 @@ class Republisher {
       req.end(body);
     });
   }
-}
-
-/** Resolves after ms, or rejects with Stopped as soon as `signal` aborts. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new Stopped('stopping'));
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new Stopped('stopping'));
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }

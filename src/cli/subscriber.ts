@@ -136,17 +136,17 @@ export function retryDelay(attempt: number, baseMs: number): number {
   return backoffDelay(attempt, { minMs: baseMs, maxMs: 30_000, jitter: 0.5 });
 }
 
-/** Resolves after ms, or rejects as soon as `signal` aborts. */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Resolves after ms, or rejects with `stopped()` (default: Error('aborted')) as soon as `signal` aborts. */
+export function sleep(ms: number, signal: AbortSignal, stopped: () => Error = () => new Error('aborted')): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new Error('aborted'));
+    if (signal.aborted) return reject(stopped());
     const timer = setTimeout(() => {
       signal.removeEventListener('abort', onAbort);
       resolve();
     }, ms);
     const onAbort = () => {
       clearTimeout(timer);
-      reject(new Error('aborted'));
+      reject(stopped());
     };
     signal.addEventListener('abort', onAbort, { once: true });
   });
