@@ -89,7 +89,7 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-/** What a router needs to remember delivery ids (structurally the routers' SeenStore). */
+/** What a router needs to remember delivery ids (its SeenStore); a backend may keep them with its messages. */
 export interface ClaimStore {
   /** True if `key` was already claimed within the window; otherwise claims it and returns false. */
   claim(key: string): boolean | Promise<boolean>;

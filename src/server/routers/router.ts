@@ -11,6 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Headers, Message } from '../../protocol/message.js';
+import type { ClaimStore } from '../backends/backend.js';
 
 export type RouterEvent = 'verified' | 'failed' | 'duplicate' | 'published';
 
@@ -51,15 +52,10 @@ export interface Router {
 
 /**
  * Remembers delivery ids so a redelivery is re-published once. Pluggable so a
- * cluster can share it (e.g. Redis `SET key 1 NX PX window`); the default is
- * the in-process RecentIds.
+ * cluster can share it (e.g. Redis `SET key 1 NX PX window`) and the durable
+ * store can keep it; the default is the in-process RecentIds.
  */
-export interface SeenStore {
-  /** True if `key` was already claimed within the window; otherwise claims it and returns false. */
-  claim(key: string): boolean | Promise<boolean>;
-  /** Forgets a claim, so a delivery whose publish failed can be retried. */
-  release(key: string): void | Promise<void>;
-}
+export type SeenStore = ClaimStore;
 
 /**
  * JSON the way Go's encoding/json writes a map[string]string or
