@@ -88,8 +88,6 @@ const flusher = new Flusher();
 
 export class Outbox {
   readonly #stream: Writable;
-  /** Where 'drain' is observed; the socket under an HTTP response. */
-  readonly #drainable: () => Writable | null | undefined;
   readonly #maxBuffer: number;
   readonly #batchBytes: number;
   readonly #onOverflow: () => void;
@@ -103,12 +101,11 @@ export class Outbox {
   #replaying = true;
   closed = false;
 
-  constructor(stream: Writable, maxBuffer: number, onOverflow: () => void, drainable: () => Writable | null | undefined = () => stream) {
+  constructor(stream: Writable, maxBuffer: number, onOverflow: () => void) {
     this.#stream = stream;
     this.#maxBuffer = maxBuffer;
     this.#batchBytes = Math.max(1, Math.min(MAX_BATCH_BYTES, Math.floor(maxBuffer / 2)));
     this.#onOverflow = onOverflow;
-    this.#drainable = drainable;
   }
 
   write(data: Buffer): void {
@@ -175,8 +172,8 @@ export class Outbox {
 
   /** While the queue is too full to take more history: a promise for its drain (or close). */
   drained(): Promise<void> | undefined {
-    const socket = this.#drainable();
-    if (this.closed || !socket) return undefined;
+    const socket = this.#stream;
+    if (this.closed) return undefined;
     // At or above the high-water mark the last write returned false, so 'drain' is sure to come.
     if (socket.writableLength < Math.max(this.#maxBuffer / 2, socket.writableHighWaterMark)) return undefined;
     return new Promise((resolve) => {
