@@ -10,7 +10,7 @@ import { WebSocket } from 'ws';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { compareIds } from '../src/protocol/message.js';
-import { bearer, bodyOf, eventually, Inbox, startServeProcess, wsConnect, type Proc } from './helpers.js';
+import { bearer, bodyOf, eventually, Inbox, SseStream, startServeProcess, wsConnect, type Proc } from './helpers.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 
 type Node = Proc & { port: number; url: string };
@@ -66,53 +66,12 @@ async function publish(node: Node, path: string, body: string | Buffer): Promise
   return fetch(node.url + path, { method: 'POST', body: bodyOf(body), headers: bearer(path) });
 }
 
-/** An SSE subscriber: the events as they came. */
-class SseSubscriber {
-  readonly events: Array<{ event?: string; id?: string; data: string }> = [];
-  #abort = new AbortController();
-  #raw = '';
-
-  static async open(node: Node, path: string): Promise<SseSubscriber> {
-    const sub = new SseSubscriber();
-    const res = await fetch(node.url + path, { headers: { accept: 'text/event-stream', ...bearer(path) }, signal: sub.#abort.signal });
-    expect(res.status).toBe(200);
-    void sub.#pump(res);
-    return sub;
-  }
-
-  async #pump(res: Response): Promise<void> {
-    const decoder = new TextDecoder();
-    try {
-      for await (const chunk of res.body! as unknown as AsyncIterable<Uint8Array>) {
-        this.#raw += decoder.decode(chunk, { stream: true });
-        let end: number;
-        while ((end = this.#raw.indexOf('\n\n')) !== -1) {
-          const block = this.#raw.slice(0, end);
-          this.#raw = this.#raw.slice(end + 2);
-          const e: { event?: string; id?: string; data: string } = { data: '' };
-          const data: string[] = [];
-          for (const line of block.split('\n')) {
-            const colon = line.indexOf(':');
-            if (colon <= 0) continue;
-            const value = line.slice(colon + 1).replace(/^ /, '');
-            const field = line.slice(0, colon);
-            if (field === 'data') data.push(value);
-            else if (field === 'event') e.event = value;
-            else if (field === 'id') e.id = value;
-          }
-          if (data.length === 0) continue;
-          e.data = data.join('\n');
-          this.events.push(e);
-        }
-      }
-    } catch {
-      // aborted
-    }
-  }
-
-  close(): void {
-    this.#abort.abort();
-  }
+/** An SSE subscriber on `node`: the events as they came. */
+async function sseSubscribe(node: Node, path: string): Promise<SseStream> {
+  const abort = new AbortController();
+  const res = await fetch(node.url + path, { headers: { accept: 'text/event-stream', ...bearer(path) }, signal: abort.signal });
+  expect(res.status).toBe(200);
+  return new SseStream(res, abort);
 }
 
 /** The Redis client ids of the nodes' feed-reading connections (a cluster's nodes use database `db`). */
@@ -339,11 +298,12 @@ describe('cluster mode (Redis)', () => {
     const raw = await rawSubscribe(b, '/sub/behind/x');
     const v1 = new ResumingSubscriber('/sub/behind/x');
     await v1.connect(b);
-    const sse = await SseSubscriber.open(b, '/sub/behind/x');
+    const sse = await sseSubscribe(b, '/sub/behind/x');
     const first = await publish(a, '/pub/behind/x', 'first');
     expect(first.status).toBe(200);
     await raw.inbox.waitFor(1);
-    await eventually(() => v1.received.length === 1 && sse.events.some((e) => e.data === 'first'), 5000, 'first everywhere');
+    await sse.until(() => sse.events.some((e) => e.data === 'first'), 'first on SSE');
+    await eventually(() => v1.received.length === 1, 5000, 'first on hookbot.v1');
     // Resumed by id (so the broker holds it through a stand-in), recursive: told as well.
     const resumed = new ResumingSubscriber('/sub/behind/', first.headers.get('x-hookbot-message-id')!);
     await resumed.connect(b);
@@ -370,7 +330,7 @@ describe('cluster mode (Redis)', () => {
     const since = (v1.events[at] as { gap: string }).gap;
     expect(since).toBe(before.at(-1));
     expect(v1.events.slice(at + 1).map((e) => (e as { id: string }).id)).toEqual(sent.slice(-10));
-    await eventually(() => sse.events.some((e) => e.event === 'gap') && sse.events.at(-1)?.id === sent.at(-1), 10_000, 'gap on SSE');
+    await sse.until(() => sse.events.some((e) => e.event === 'gap') && sse.events.at(-1)?.id === sent.at(-1), 'gap on SSE', 10_000);
     expect(sse.events.find((e) => e.event === 'gap')!.data).toBe(JSON.stringify({ since }));
     await eventually(() => resumed.received.at(-1)?.id === sent.at(-1), 10_000, 'the rest on the resumed subscriber');
     expect(resumed.events.filter((e) => 'gap' in e)).toEqual([{ gap: since }]);

@@ -23,8 +23,9 @@ const procs: Proc[] = [];
 const dirs: string[] = [];
 const closers: Array<() => Promise<void>> = [];
 afterEach(async () => {
-  for (const p of procs.splice(0)) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
-  await Promise.all(procs.map((p) => p.exit));
+  const running = procs.splice(0);
+  for (const p of running) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill('SIGKILL');
+  await Promise.all(running.map((p) => p.exit));
   for (const c of closers.splice(0)) await c();
   for (const d of dirs.splice(0)) removeDir(d);
 });

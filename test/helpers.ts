@@ -236,12 +236,6 @@ export interface Proc {
   waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
 }
 
-/**
- * Runs the real CLI (dist must be built) as a child process. A `serve` that
- * does not choose its store (--data-dir, --memory, --redis or their
- * environment variables) gets a temporary data directory, removed when it
- * exits, so no test writes ./hookbot-data.
- */
 /** The command of a CLI line: the first word that is not an option, past the global options and their values (as the original has them). */
 function commandOf(args: readonly string[]): string | undefined {
   for (let i = 0; i < args.length; i++) {
@@ -252,6 +246,12 @@ function commandOf(args: readonly string[]): string | undefined {
   return undefined;
 }
 
+/**
+ * Runs the real CLI (dist must be built) as a child process. A `serve` that
+ * does not choose its store (--data-dir, --memory, --redis or their
+ * environment variables) gets a temporary data directory, removed when it
+ * exits, so no test writes ./hookbot-data.
+ */
 export function runCli(args: string[], env: Record<string, string | undefined> = {}, input?: string): Proc {
   let dir: string | undefined;
   if (
