@@ -122,6 +122,33 @@ describe('misbehaving subscribers', () => {
     expect((await polite.waitFor(1))[0].data.toString()).toBe('still here');
   });
 
+  it('a subscriber that stops answering pings is cut off; one that answers stays and keeps receiving', async () => {
+    const own = await startTestServer({ memory: true }, { pingIntervalMs: 50 });
+    try {
+      const silent = await subscribe(own, '/sub/pings', { autoPong: false });
+      const lively = await subscribe(own, '/sub/pings');
+      const silentInbox = new Inbox(silent);
+      let silentPings = 0;
+      let livelyPings = 0;
+      silent.on('ping', () => silentPings++);
+      lively.on('ping', () => livelyPings++);
+      // No close frame: the server terminates the connection (1006 on this side).
+      expect((await silentInbox.waitClose()).code).toBe(1006);
+      expect(silentPings).toBeGreaterThanOrEqual(1);
+      await eventually(() => own.sessions.counts().ws === 1, 5000, 'the silent session removed');
+      // Two more rounds of pings: answering them keeps the other subscriber connected.
+      const seen = livelyPings;
+      await eventually(() => livelyPings >= seen + 2, 5000, 'two more pings');
+      expect(lively.readyState).toBe(lively.OPEN);
+      const inbox = new Inbox(lively);
+      await publish(own, '/pub/pings', 'still here');
+      expect((await inbox.waitFor(1))[0].data.toString()).toBe('still here');
+      lively.close();
+    } finally {
+      await own.close();
+    }
+  });
+
   it('an oversized frame is closed with 1009', async () => {
     const big = await subscribe(server, '/sub/oversize');
     const inbox = new Inbox(big);

@@ -134,7 +134,6 @@ export async function startServer(config: Config, log: Logger = createLogger(con
       sessions.closeAll();
       // Subscribers that don't take their close frame in time are cut off.
       const deadline = setTimeout(() => {
-        ws.terminateAll();
         for (const s of sockets) s.destroy();
       }, CLOSE_GRACE_MS);
       await stopped;

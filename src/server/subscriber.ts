@@ -56,6 +56,8 @@ export type EndReason =
 /** How a transport's stream ends; writing goes through the session's outbox. */
 export interface Connection {
   end(reason: EndReason): void;
+  /** Optional: what the transport does every heartbeat besides the encoder's ping (WebSocket: a protocol ping and its liveness check). */
+  heartbeat?(): void;
 }
 
 export interface SessionOptions {
@@ -115,6 +117,7 @@ export class Session implements Subscriber {
   heartbeat(): void {
     const ping = this.#encoder.ping;
     if (ping) this.#out.write(ping);
+    this.#connection.heartbeat?.();
   }
 
   /** Subscribes with the broker, replaying history after `since` first. */

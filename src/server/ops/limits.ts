@@ -207,8 +207,11 @@ export class RateLimiter {
 
 /** A subscriber's place under the limits, held until its connection ends. */
 export interface Slot {
-  /** Gives the place back; calling it twice is harmless. */
-  release(): void;
+  /**
+   * Gives the place back; calling it twice is harmless. It needs no `this`, so
+   * it can be the close listener itself: a connection then retains only it.
+   */
+  readonly release: () => void;
 }
 
 /** What a refusal by a limit says: which limit, and when to come back. */

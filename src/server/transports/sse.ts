@@ -78,7 +78,7 @@ export class SseTransport {
     }
     const { endpoint, since, slot } = admitted;
     // The slot is held for as long as the event stream is open.
-    res.once('close', () => slot.release());
+    res.once('close', slot.release);
     this.stream(res, endpoint.topic, encoder, since);
   }
 

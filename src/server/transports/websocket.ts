@@ -52,13 +52,22 @@ class WsConnection implements Connection {
     // The close frame queues behind a slow subscriber's backlog; end the connection soon regardless.
     if (reason === 'slow') setTimeout(() => this.ws.terminate(), SLOW_CLOSE_GRACE_MS).unref();
   }
+
+  /** A subscriber that did not answer the last ping is dropped; the others are pinged again. */
+  heartbeat(): void {
+    if (!this.alive) {
+      this.ws.terminate();
+      return;
+    }
+    this.alive = false;
+    this.ws.ping();
+  }
 }
 
 export class WebSocketTransport {
   readonly #ctx: Context;
   readonly #sessions: Sessions;
   readonly #wss: WebSocketServer;
-  readonly #connections = new Set<WsConnection>();
   readonly #pingTimer: NodeJS.Timeout;
 
   constructor(ctx: Context, sessions: Sessions) {
@@ -73,7 +82,7 @@ export class WebSocketTransport {
     });
     // Every answer, the 101 included, says its content is what it claims.
     this.#wss.on('headers', (headers) => headers.push('X-Content-Type-Options: nosniff'));
-    this.#pingTimer = setInterval(() => this.#pingAll(), ctx.config.pingIntervalMs);
+    this.#pingTimer = setInterval(() => sessions.each('ws', (s) => s.heartbeat()), ctx.config.pingIntervalMs);
     this.#pingTimer.unref();
   }
 
@@ -89,7 +98,7 @@ export class WebSocketTransport {
     }
     const { endpoint, since, slot } = admitted;
     // Held until the connection ends, whether or not the handshake completes.
-    socket.once('close', () => slot.release());
+    socket.once('close', slot.release);
     this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, socket as Socket, endpoint.topic, since));
   }
 
@@ -98,7 +107,6 @@ export class WebSocketTransport {
     const connection = new WsConnection(ws);
     const encoder = ws.protocol === SUBPROTOCOL ? hookbotV1Encoder : isRecursive(topic) ? framedEncoder : rawEncoder;
     const session = this.#sessions.open({ transport: 'ws', topic, encoder, socket, connection });
-    this.#connections.add(connection);
     ws.on('pong', () => {
       connection.alive = true;
     });
@@ -108,31 +116,12 @@ export class WebSocketTransport {
     ws.on('error', (err) => {
       log.debug({ topic, err: err.message }, 'subscriber protocol error');
     });
-    ws.on('close', () => {
-      this.#connections.delete(connection);
-      session.disconnected();
-    });
+    ws.on('close', () => session.disconnected());
     session.start(since);
-  }
-
-  #pingAll(): void {
-    for (const c of this.#connections) {
-      if (!c.alive) {
-        c.ws.terminate();
-        continue;
-      }
-      c.alive = false;
-      c.ws.ping();
-    }
   }
 
   /** Stops pinging; the sessions themselves are closed by Sessions.closeAll(). */
   close(): void {
     clearInterval(this.#pingTimer);
-  }
-
-  /** Cuts every connection that did not take its close frame in time. */
-  terminateAll(): void {
-    for (const c of this.#connections) c.ws.terminate();
   }
 }
