@@ -5,7 +5,7 @@
  * subscribers on the per-repository topics. Run `npm run build` first.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { once } from 'node:events';
@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { resolveRouteGithub } from '../src/cli/route-github.js';
 import type { HookbotServer } from '../src/server/server.js';
-import { bearer, githubSignature, Inbox, KEY, runCli, startServeProcess, startTestServer, subscribe, token, wsConnect, type Proc } from './helpers.js';
+import { bearer, eventually, githubSignature, Inbox, KEY, runCli, startServeProcess, startTestServer, subscribe, token, wsConnect, type Proc } from './helpers.js';
 
 const SECRET = 'org webhook secret';
 const FEED = '/unsafe/sub/github.com/';
@@ -134,6 +134,34 @@ describe('hookbot route-github', () => {
     await deliver(server.url, push(sha(0xeee)), { delivery: 'marker' });
     await branch.waitFor(bodies.length + 1, 20_000);
     expect(branch.texts()).toEqual([...bodies.map((_, i) => summary(sha(0x100 + i))), summary(sha(0xeee))]);
+  });
+
+  it('a republish refused for its token (wrong --key) stops route-github with exit 1, and the delivery is routed after a restart with the right key', async () => {
+    const stateFile = join(mkdtempSync(join(tmpdir(), 'hookbot-route-github-')), 'state');
+    const branch = new Inbox(await subscribe(server, '/sub/github.com/repo/acme/api/branch/main'));
+    // The feed URL carries its own token, so only the republishes use --key.
+    const first = routeGithub(['-u', feedUrl, '--state-file', stateFile]);
+    await first.waitForLine(/"msg":"live"/);
+    await deliver(server.url, push(sha(0xa1)), { delivery: 'key-1' });
+    await branch.waitFor(1, 10_000);
+    // Marked routed once all its republishes (the summary, then the envelope) are accepted.
+    await eventually(() => existsSync(stateFile), 10_000, 'the state file');
+    first.child.kill('SIGTERM');
+    expect((await first.exit).code).toBe(0);
+    const routedId = readFileSync(stateFile, 'utf8').trim();
+
+    const wrong = routeGithub(['-u', feedUrl, '--state-file', stateFile], { HOOKBOT_KEY: 'not-the-server-key' });
+    await wrong.waitForLine(/"msg":"live"/);
+    await deliver(server.url, push(sha(0xa2)), { delivery: 'key-2' });
+    expect((await wrong.exit).code).toBe(1);
+    expect(wrong.stdout() + wrong.stderr()).toMatch(/HTTP 401.*--key/);
+    // Not marked routed: the state file still names the delivery before it.
+    expect(readFileSync(stateFile, 'utf8').trim()).toBe(routedId);
+    expect(branch.messages).toHaveLength(1);
+
+    routeGithub(['-u', feedUrl, '--state-file', stateFile]);
+    await branch.waitFor(2, 10_000);
+    expect(branch.texts()).toEqual([summary(sha(0xa1)), summary(sha(0xa2))]);
   });
 
   it('sends the Origin, molly-guard and --header headers, and a token made from --key when the URL has none', async () => {

@@ -182,6 +182,12 @@ async function runRouteGithub(opts: RouteGithubOptions, env: NodeJS.ProcessEnv):
       // Marked routed (and the state file advanced) only when its republishes are all done.
       onMessage: async (message, { signal }) => {
         await router.handle(message);
+        if (publisher.refused) {
+          // Left unmarked: a restart with the right key routes this delivery again.
+          stopping.abort();
+          void sub.close();
+          throw publisher.refused;
+        }
         if (signal.aborted || stopping.signal.aborted) throw new Stopped('stopping');
       },
       onGap: (since) => log.warn({ since }, `gap: feed messages after ${since} were no longer retained by the server and were not routed`),
@@ -214,16 +220,30 @@ async function runRouteGithub(opts: RouteGithubOptions, env: NodeJS.ProcessEnv):
     return;
   }
   publisher.close();
+  if (publisher.refused) {
+    log.fatal({ err: publisher.refused.message, lastId: sub.lastId }, 'route-github stopped; the delivery it was routing is routed again at the next start');
+    log.flush();
+    process.exitCode = 1;
+    setImmediate(() => process.exit(1));
+    return;
+  }
   log.flush();
   setImmediate(() => process.exit(0));
 }
 
+/** Refusals of our credentials (a wrong --key): every later republish would be refused too. */
+const UNAUTHORIZED = new Set([401, 403]);
+
 /**
  * Republishes onto `/pub/<topic>` of the feed's host. Retries what the
  * server may yet accept (no answer, 5xx, 408, 429) with backoff until it
- * does or route-github stops; a refusal (a wrong key: 401) is final.
+ * does or route-github stops. Any other 4xx refuses that one republish (its
+ * delivery is logged and skipped), except a refusal of our credentials:
+ * that stops route-github (see `refused`).
  */
 class Republisher {
+  /** Set when the server refused our token: route-github stops without marking the delivery routed. */
+  refused: Error | undefined;
   readonly #base: URL;
   readonly #key: string;
   readonly #headers: Record<string, string>;
@@ -259,9 +279,10 @@ class Republisher {
       const r = await this.#post(url, request, body);
       if (r.status !== undefined && r.status >= 200 && r.status < 300) return;
       const what = r.status !== undefined ? `HTTP ${r.status}${r.detail ? `: ${r.detail}` : ''}` : (r.error ?? 'no answer');
-      if (r.status !== undefined && r.status < 500 && r.status !== 408 && r.status !== 429) {
-        throw new Error(`republish to ${path} refused (${what})${r.status === 401 ? ': is --key the server\'s HOOKBOT_KEY?' : ''}`);
+      if (r.status !== undefined && UNAUTHORIZED.has(r.status)) {
+        throw (this.refused = new Error(`republish to ${path} refused (${what}): is --key (HOOKBOT_KEY) the server's key?`));
       }
+      if (r.status !== undefined && r.status < 500 && r.status !== 408 && r.status !== 429) throw new Error(`republish to ${path} refused (${what})`);
       const delayMs = retryDelay(attempt, 500);
       this.#log.warn({ to: topic, attempt: attempt + 1, retryInMs: delayMs, error: what }, 'republish failed; retrying');
       await sleep(delayMs, this.#signal, () => new Stopped('stopping'));
