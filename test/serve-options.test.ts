@@ -55,7 +55,7 @@ describe('the serve option table', () => {
       historyTotalBytes: { flag: '2MiB', env: '2MiB' },
       historyTopics: { flag: '50', env: '50' },
       maxConnectionsPerIp: { flag: '12', env: '12' },
-      maxBodyInFlight: { flag: '1MiB', env: '1MiB' },
+      maxBodyInFlight: { flag: '1MiB', env: '1MiB', needs: { maxBody: '1MiB' } },
       headerTimeout: { flag: '3s', env: '3s' },
       bodyTimeout: { flag: '4s', env: '4s' },
       idleTimeout: { flag: '2s', env: '2s' },
@@ -122,6 +122,10 @@ describe('the serve option table', () => {
   it('errors name the option, and the variable when the value came from one', () => {
     expect(() => resolveServeConfig({ key: 'k', maxBody: '0' }, {})).toThrow(/^--max-body must be at least 1 byte$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_MAX_BODY: '0' })).toThrow(/^--max-body must be at least 1 byte \(from HOOKBOT_MAX_BODY\)$/);
+    // A body the in-flight budget can never hold would be refused every time.
+    expect(() => resolveServeConfig({ key: 'k', maxBody: '300MiB' }, {})).toThrow(/^--max-body 300MiB is larger than --max-body-in-flight 256MiB: .*raise --max-body-in-flight \(0 disables it\) or lower --max-body$/);
+    expect(() => resolveServeConfig({ key: 'k', maxBodyInFlight: '1MiB' }, {})).toThrow(/--max-body 25MiB is larger than --max-body-in-flight 1MiB/);
+    expect(resolveServeConfig({ key: 'k', maxBody: '300MiB', maxBodyInFlight: '0' }, {}).maxBody).toBe(300 * 1024 * 1024);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_ROUTER: 'bitbucket' })).toThrow(/^--router "bitbucket" is not a router; available: github, gitlab \(from HOOKBOT_ROUTER\)$/);
     expect(() => resolveServeConfig({ key: 'k' }, { HOOKBOT_KEEP_HEADER: 'Authorization' })).toThrow(/--keep-header authorization would store credentials/);
     expect(() => resolveServeConfig({ key: 'k', publicUrl: 'relay.example.com' }, {})).toThrow(/^--public-url must be an absolute URL such as https:\/\/hookbot.example.com, got "relay.example.com"$/);

@@ -11,7 +11,7 @@ import type { Retention } from './backends/backend.js';
 import type { CatchUpWindow } from './backends/redis.js';
 import { DEFAULT_DATA_DIR, type FsyncMode } from './backends/sqlite.js';
 import { LIMIT_DEFAULTS, type LimitsConfig } from './ops/limits.js';
-import { type Bind, ConfigError, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
+import { type Bind, ConfigError, formatSize, parseList, readServeOptions, type ServeOptions, type ServeValues } from './options.js';
 import { ROUTERS } from './routers/registry.js';
 
 export { ConfigError, parseBind, parseBoolean, parseCount, parseDuration, parseList, parsePublicUrl, parseSize, SERVE_DEFAULTS, SERVE_OPTIONS } from './options.js';
@@ -78,6 +78,11 @@ export function resolveKeys(key: string | undefined, env: NodeJS.ProcessEnv): st
 function limits(v: ServeValues): LimitsConfig {
   const rateLimitBurst = v.rateLimitBurst ?? v.rateLimit;
   if (v.rateLimit > 0 && rateLimitBurst < 1) throw new ConfigError('--rate-limit-burst must be at least 1 while --rate-limit is on');
+  if (v.maxBodyInFlight > 0 && v.maxBody > v.maxBodyInFlight) {
+    throw new ConfigError(
+      `--max-body ${formatSize(v.maxBody)} is larger than --max-body-in-flight ${formatSize(v.maxBodyInFlight)}: publishes between the two would always be refused (503); raise --max-body-in-flight (0 disables it) or lower --max-body`,
+    );
+  }
   return {
     rateLimit: v.rateLimit,
     rateLimitBurst,
