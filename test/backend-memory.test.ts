@@ -29,3 +29,11 @@ describe('MemoryBackend across a restart', () => {
     await second.close();
   });
 });
+
+describe('MemoryBackend options', () => {
+  it('refuses a topic cap below 1, naming it, rather than evicting every topic it publishes to', () => {
+    const retention = { count: 100, bytes: 1 << 20, ageMs: 60_000, totalBytes: 1 << 20 };
+    expect(() => new MemoryBackend({ ...retention, topics: 0 })).toThrow(/^retention\.topics \(--history-topics\) must be at least 1, got 0$/);
+    expect(() => new MemoryBackend({ ...retention, topics: 1 })).not.toThrow();
+  });
+});

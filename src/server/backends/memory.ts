@@ -62,6 +62,8 @@ export class MemoryBackend implements Backend {
     this.#idempotency = new IdempotencyKeys(idempotency);
     this.#retention = retention;
     this.#maxTopics = retention.topics ?? DEFAULT_RETENTION.topics!;
+    // With none, a publish would evict its own topic before trimming it (the CLI already refuses 0).
+    if (!(this.#maxTopics >= 1)) throw new RangeError(`retention.topics (--history-topics) must be at least 1, got ${this.#maxTopics}`);
     this.#enabled = historyEnabled(retention);
     this.#now = now;
     this.#startedAt = now();
