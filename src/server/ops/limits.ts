@@ -277,8 +277,7 @@ export class Limits {
   trackConnection(socket: Socket): void {
     const max = this.config.maxConnectionsPerIp;
     if (max === 0 || this.config.trustProxy > 0) return;
-    const addr = normalizeAddress(socket.remoteAddress ?? 'unknown');
-    const key = this.#keyOf(addr);
+    const key = this.#socketKey(socket);
     if (key === null) return;
     const held = this.#connections.get(key) ?? 0;
     if (held >= max) {
@@ -306,13 +305,17 @@ export class Limits {
   /** The key a request's per-address limits are counted under; undefined when its client is exempt. */
   address(req: IncomingMessage): string | undefined {
     if (this.config.trustProxy > 0) return this.#keyOf(clientAddress(req, this.config.trustProxy)) ?? undefined;
-    const socket = req.socket;
+    return this.#socketKey(req.socket) ?? undefined;
+  }
+
+  /** The key of a connection's own address, decided at its first use (trackConnection or its first request). */
+  #socketKey(socket: Socket): string | null {
     let key = this.#byConnection.get(socket);
     if (key === undefined) {
-      key = this.#keyOf(clientAddress(req, 0));
+      key = this.#keyOf(normalizeAddress(socket.remoteAddress ?? 'unknown'));
       this.#byConnection.set(socket, key);
     }
-    return key ?? undefined;
+    return key;
   }
 
   #keyOf(addr: string): string | null {
