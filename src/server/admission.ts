@@ -66,12 +66,9 @@ export function admit(ctx: Context, req: IncomingMessage, transport: TransportNa
 
   if (endpoint.unsafe && req.headers[UNSAFE_HEADER] !== UNSAFE_HEADER_VALUE) throw new HttpError(Status.BAD_REQUEST, '', {}, UNSAFE_HEADER_ERROR);
 
-  if (endpoint.channel !== undefined) {
-    if (!ctx.channels?.verify(endpoint.channel)) throw noSuchChannel();
-  } else if (!ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization, false)) {
-    // Checked once per connection, so kept out of the per-path digest cache that publishes use.
-    throw unauthorized();
-  }
+  // Checked once per connection, so kept out of the per-path digest cache that publishes use.
+  const denied = credentialError(ctx, endpoint, req.headers.authorization, false);
+  if (denied) throw denied;
 
   let since: string | undefined;
   for (const source of sinceSources) {
@@ -87,6 +84,18 @@ export function admit(ctx: Context, req: IncomingMessage, transport: TransportNa
     throw slot;
   }
   return { endpoint, query, since, slot };
+}
+
+/**
+ * Why a request may not use `endpoint`, for publishes and subscribes alike: a
+ * channel's URL is its credential, anyone may publish to the unsafe
+ * namespace (its readers verify what arrives), and everything else needs a
+ * token for its path. `cache`: keep the path's digests for repeat checks.
+ */
+export function credentialError(ctx: Context, endpoint: Endpoint, authorization: string | undefined, cache: boolean): HttpError | undefined {
+  if (endpoint.channel !== undefined) return ctx.channels?.verify(endpoint.channel) ? undefined : noSuchChannel();
+  if (endpoint.unsafe && endpoint.action === 'pub') return undefined;
+  return ctx.tokens.verifyAuthorization(endpoint.path, authorization, cache) ? undefined : unauthorized();
 }
 
 /** A channel id this server did not mint: nothing says whether it was ever anything. */

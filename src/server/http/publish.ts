@@ -16,7 +16,7 @@ import { HttpError, Status } from '../../protocol/errors.js';
 import { Message, type Headers } from '../../protocol/message.js';
 import { CHANNEL_QUERY_HEADER, HOP_HEADERS } from '../../protocol/channels.js';
 import type { Endpoint } from '../../protocol/topics.js';
-import { noSuchChannel, unauthorized, SHUTTING_DOWN } from '../admission.js';
+import { credentialError, SHUTTING_DOWN } from '../admission.js';
 import { BackendUnavailableError, MAX_IDEMPOTENCY_KEY, type PublishOptions } from '../backends/backend.js';
 import type { Context } from '../context.js';
 import type { RejectReason } from '../ops/metrics.js';
@@ -95,13 +95,9 @@ export function publish(ctx: Context, req: IncomingMessage, res: ServerResponse,
   // Before the token, so guessing tokens is rate limited too.
   const limited = limits.publish(req);
   if (limited) return refuseUnread(ctx, req, res, 'rate_limited', limited);
+  const denied = credentialError(ctx, endpoint, req.headers.authorization, true);
+  if (denied) return refuseUnread(ctx, req, res, 'unauthorized', denied);
   const channel = endpoint.channel !== undefined;
-  if (channel) {
-    // The URL is the credential: an id this server did not mint is no channel.
-    if (!ctx.channels?.verify(endpoint.channel!)) return refuseUnread(ctx, req, res, 'unauthorized', noSuchChannel());
-  } else if (!endpoint.unsafe && !ctx.tokens.verifyAuthorization(endpoint.path, req.headers.authorization)) {
-    return refuseUnread(ctx, req, res, 'unauthorized', unauthorized());
-  }
 
   const metadata = channel ? null : query.get('extra-metadata');
   const envelope = metadata === null ? undefined : envelopeFor(metadata);
