@@ -123,7 +123,8 @@ describe('misbehaving subscribers', () => {
   });
 
   it('a subscriber that stops answering pings is cut off; one that answers stays and keeps receiving', async () => {
-    const own = await startTestServer({ memory: true }, { pingIntervalMs: 50 });
+    // A pong must be back within one interval; 400 ms leaves room for a loaded machine (both ends share this event loop).
+    const own = await startTestServer({ memory: true }, { pingIntervalMs: 400 });
     try {
       const silent = await subscribe(own, '/sub/pings', { autoPong: false });
       const lively = await subscribe(own, '/sub/pings');
@@ -135,7 +136,8 @@ describe('misbehaving subscribers', () => {
       // No close frame: the server terminates the connection (1006 on this side).
       expect((await silentInbox.waitClose()).code).toBe(1006);
       expect(silentPings).toBeGreaterThanOrEqual(1);
-      await eventually(() => own.sessions.counts().ws === 1, 5000, 'the silent session removed');
+      await eventually(() => own.sessions.counts().ws < 2, 5000, 'the silent session removed');
+      expect(own.sessions.counts().ws).toBe(1);
       // Two more rounds of pings: answering them keeps the other subscriber connected.
       const seen = livelyPings;
       await eventually(() => livelyPings >= seen + 2, 5000, 'two more pings');
