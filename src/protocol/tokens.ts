@@ -107,22 +107,20 @@ class PrefixHmac {
    */
   digestChain(prefixes: readonly string[], out: Buffer, offsets: readonly number[]): void {
     if (prefixes.length === 0) return;
-    const longest = Buffer.from(prefixes[prefixes.length - 1], 'utf8');
-    let oneShot = 0;
-    for (const p of prefixes) oneShot += SHA1_BLOCK + Buffer.byteLength(p, 'utf8');
-    if (oneShot <= ONE_SHOT_BYTES) {
-      const input = Buffer.concat([this.#ipad, longest]);
-      for (let i = 0; i < prefixes.length; i++) {
-        this.#outer(hash('sha1', input.subarray(0, SHA1_BLOCK + Buffer.byteLength(prefixes[i], 'utf8')), 'buffer'), out, offsets[i]);
-      }
+    // Every prefix's inner-hash input is a prefix of this one: the key block, then the longest string.
+    const ends = prefixes.map((p) => SHA1_BLOCK + Buffer.byteLength(p, 'utf8'));
+    const input = Buffer.allocUnsafe(ends[ends.length - 1]);
+    this.#ipad.copy(input);
+    input.write(prefixes[prefixes.length - 1], SHA1_BLOCK, 'utf8');
+    if (ends.reduce((sum, e) => sum + e, 0) <= ONE_SHOT_BYTES) {
+      for (let i = 0; i < ends.length; i++) this.#outer(hash('sha1', input.subarray(0, ends[i]), 'buffer'), out, offsets[i]);
       return;
     }
-    const inner: Hash = createHash('sha1').update(this.#ipad);
+    const inner: Hash = createHash('sha1');
     let done = 0;
-    for (let i = 0; i < prefixes.length; i++) {
-      const end = Buffer.byteLength(prefixes[i], 'utf8');
-      if (end > done) inner.update(longest.subarray(done, end));
-      done = end;
+    for (let i = 0; i < ends.length; i++) {
+      if (ends[i] > done) inner.update(input.subarray(done, ends[i]));
+      done = ends[i];
       this.#outer(inner.copy().digest(), out, offsets[i]);
     }
   }
