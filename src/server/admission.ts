@@ -103,6 +103,6 @@ export function noSuchChannel(): HttpError {
   return new HttpError(Status.NOT_FOUND, 'no such channel');
 }
 
-export function unauthorized(): HttpError {
+function unauthorized(): HttpError {
   return new HttpError(Status.UNAUTHORIZED, '', { 'www-authenticate': 'Basic realm="hookbot"' });
 }

@@ -38,29 +38,29 @@ const CLOSES: Record<EndReason, [code: number, reason: string]> = {
 
 /** A WebSocket as a session's connection: it ends with a close frame. */
 class WsConnection implements Connection {
-  readonly ws: WebSocket;
+  readonly #ws: WebSocket;
   /** Cleared by each ping, set by each pong: a subscriber that misses one is dropped. */
   alive = true;
 
   constructor(ws: WebSocket) {
-    this.ws = ws;
+    this.#ws = ws;
   }
 
   end(reason: EndReason): void {
     const [code, text] = CLOSES[reason];
-    this.ws.close(code, text);
+    this.#ws.close(code, text);
     // The close frame queues behind a slow subscriber's backlog; end the connection soon regardless.
-    if (reason === 'slow') setTimeout(() => this.ws.terminate(), SLOW_CLOSE_GRACE_MS).unref();
+    if (reason === 'slow') setTimeout(() => this.#ws.terminate(), SLOW_CLOSE_GRACE_MS).unref();
   }
 
   /** A subscriber that did not answer the last ping is dropped; the others are pinged again. */
   heartbeat(): void {
     if (!this.alive) {
-      this.ws.terminate();
+      this.#ws.terminate();
       return;
     }
     this.alive = false;
-    this.ws.ping();
+    this.#ws.ping();
   }
 }
 
