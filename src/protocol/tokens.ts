@@ -113,7 +113,12 @@ class PrefixHmac {
     this.#ipad.copy(input);
     input.write(prefixes[prefixes.length - 1], SHA1_BLOCK, 'utf8');
     if (ends.reduce((sum, e) => sum + e, 0) <= ONE_SHOT_BYTES) {
-      for (let i = 0; i < ends.length; i++) this.#outer(hash('sha1', input.subarray(0, ends[i]), 'buffer'), out, offsets[i]);
+      // Digests come back as one-byte strings ('binary' is latin1) and are written into the buffers:
+      // a Buffer result would be a native allocation per digest, freed only when V8 collects it.
+      for (let i = 0; i < ends.length; i++) {
+        this.#outerInput.write(hash('sha1', input.subarray(0, ends[i]), 'binary'), SHA1_BLOCK, 'latin1');
+        out.write(hash('sha1', this.#outerInput, 'binary'), offsets[i], 'latin1');
+      }
       return;
     }
     const inner: Hash = createHash('sha1');
