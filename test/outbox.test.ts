@@ -87,7 +87,7 @@ describe('Outbox', () => {
   it('flushes a slice of subscribers per turn; a message queued mid-pass leaves with the earlier one in one send', async () => {
     const n = 200; // slices of 64
     const ps = await pairs(n);
-    const boxes = ps.map((p) => new Outbox(p.out, 1 << 20, () => expect.fail('no subscriber here is slow')));
+    const boxes = ps.map((p) => new Outbox(p.out, 1 << 20, { overflowed: () => expect.fail('no subscriber here is slow') }));
     for (const b of boxes) b.live();
     const a = Buffer.from('message A|');
     const b = Buffer.from('message B|');
@@ -114,7 +114,7 @@ describe('Outbox', () => {
 
   it('a slice also ends after a mebibyte, so big messages do not hold the event loop', async () => {
     const ps = await pairs(10);
-    const boxes = ps.map((p) => new Outbox(p.out, 8 << 20, () => expect.fail('not slow')));
+    const boxes = ps.map((p) => new Outbox(p.out, 8 << 20, { overflowed: () => expect.fail('not slow') }));
     const big = Buffer.alloc(300 * 1024, 0x62);
     for (const box of boxes) {
       box.live();
@@ -128,7 +128,7 @@ describe('Outbox', () => {
 
   it('a burst written within one turn shares sends of up to eight messages', async () => {
     const ps = await pairs(20);
-    const boxes = ps.map((p) => new Outbox(p.out, 1 << 20, () => expect.fail('not slow')));
+    const boxes = ps.map((p) => new Outbox(p.out, 1 << 20, { overflowed: () => expect.fail('not slow') }));
     for (const box of boxes) {
       box.live();
       for (let i = 1; i <= 12; i++) box.write(Buffer.from(`${String(i).padStart(2, '0')}|`));
@@ -143,7 +143,7 @@ describe('Outbox', () => {
 
   it('a queue waits for the flusher through at most four turns; a write in the fifth sends it', async () => {
     const ps = await pairs(20);
-    const boxes = ps.map((p) => new Outbox(p.out, 8 << 20, () => expect.fail('not slow')));
+    const boxes = ps.map((p) => new Outbox(p.out, 8 << 20, { overflowed: () => expect.fail('not slow') }));
     for (const box of boxes) box.live();
     // Nineteen big messages keep the flusher busy for five turns (four per mebibyte slice);
     // the last subscriber, reached in the fifth, gets a small message in each turn.
@@ -167,7 +167,7 @@ describe('Outbox', () => {
   it('a burst bigger than the bound within one turn does not cut off a subscriber that keeps up', async () => {
     const [p] = await pairs(1);
     let overflowed = false;
-    const box = new Outbox(p.out, 64 * 1024, () => (overflowed = true));
+    const box = new Outbox(p.out, 64 * 1024, { overflowed: () => (overflowed = true) });
     box.live();
     const n = 12;
     const chunk = 8 * 1024;
@@ -184,7 +184,7 @@ describe('Outbox', () => {
     const [p] = await pairs(1);
     clients[0].pause();
     let overflows = 0;
-    const box = new Outbox(p.out, 64 * 1024, () => overflows++);
+    const box = new Outbox(p.out, 64 * 1024, { overflowed: () => overflows++ });
     box.live();
     const chunk = Buffer.alloc(16 * 1024, 0x78);
     // The kernel's buffers take some megabytes first; each turn lets the flusher push more.

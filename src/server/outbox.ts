@@ -86,11 +86,16 @@ class Flusher {
 
 const flusher = new Flusher();
 
+/** Told when a subscriber falls past --max-subscriber-buffer (an object, so a session needs no closure for it). */
+export interface OverflowListener {
+  overflowed(): void;
+}
+
 export class Outbox {
   readonly #stream: Writable;
   readonly #maxBuffer: number;
   readonly #batchBytes: number;
-  readonly #onOverflow: () => void;
+  readonly #owner: OverflowListener;
   #corked = false;
   // What was written since the last flush, ours to send rather than the
   // subscriber's backlog: over how many flusher turns, how many messages and bytes.
@@ -101,11 +106,11 @@ export class Outbox {
   #replaying = true;
   closed = false;
 
-  constructor(stream: Writable, maxBuffer: number, onOverflow: () => void) {
+  constructor(stream: Writable, maxBuffer: number, owner: OverflowListener) {
     this.#stream = stream;
     this.#maxBuffer = maxBuffer;
     this.#batchBytes = Math.max(1, Math.min(MAX_BATCH_BYTES, Math.floor(maxBuffer / 2)));
-    this.#onOverflow = onOverflow;
+    this.#owner = owner;
   }
 
   write(data: Buffer): void {
@@ -131,7 +136,7 @@ export class Outbox {
     const queued = stream.writableLength;
     if (!this.#replaying && queued > 0 && queued + data.length > this.#maxBuffer) {
       this.closed = true;
-      this.#onOverflow();
+      this.#owner.overflowed();
       return;
     }
     if (turn !== this.#lastTurn) {

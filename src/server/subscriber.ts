@@ -12,7 +12,7 @@ import type { Message } from '../protocol/message.js';
 import type { Broker, Subscriber } from './broker.js';
 import type { Logger } from './log.js';
 import type { TransportName } from './ops/metrics.js';
-import { Outbox } from './outbox.js';
+import { Outbox, type OverflowListener } from './outbox.js';
 
 /**
  * One wire format. `message` is memoised per message under `key`, so a
@@ -70,7 +70,7 @@ export interface SessionOptions {
 }
 
 /** A connected subscriber, whatever its transport. */
-export class Session implements Subscriber {
+export class Session implements Subscriber, OverflowListener {
   readonly topic: string;
   readonly transport: TransportName;
   readonly #sessions: Sessions;
@@ -85,7 +85,7 @@ export class Session implements Subscriber {
     this.transport = options.transport;
     this.#encoder = options.encoder;
     this.#connection = options.connection;
-    this.#out = new Outbox(options.socket, sessions.maxBuffer, () => this.#slow());
+    this.#out = new Outbox(options.socket, sessions.maxBuffer, this);
     if (options.encoder.preamble) this.#out.write(options.encoder.preamble);
   }
 
@@ -141,7 +141,8 @@ export class Session implements Subscriber {
     this.#sessions.remove(this);
   }
 
-  #slow(): void {
+  /** Its outbox fell past --max-subscriber-buffer: the slow-consumer disconnect. */
+  overflowed(): void {
     this.#sessions.slowDisconnects[this.transport]++;
     this.#sessions.broker.slowDisconnect(this);
     this.#end('slow');
