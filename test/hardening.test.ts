@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { LINGER_MS } from '../src/server/http/connections.js';
 import type { HookbotServer } from '../src/server/server.js';
-import { bearer, eventually, Inbox, KEY, publish, startServeProcess, startTestServer, subscribe, token, type Proc } from './helpers.js';
+import { bearer, eventually, Inbox, KEY, publish, rawExchange, startServeProcess, startTestServer, subscribe, token, type Proc } from './helpers.js';
 
 const procs: Proc[] = [];
 afterEach(() => {
@@ -34,25 +34,6 @@ function cpuMs(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   // utime and stime, in clock ticks (100 per second on Linux).
   return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
-}
-
-/** Sends raw bytes on a fresh connection; resolves with everything the server sent until it closed. */
-function rawExchange(port: number, bytes: string | Buffer, timeoutMs = 30_000): Promise<{ text: string; ms: number }> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const s = connect(port, '127.0.0.1', () => s.write(bytes));
-    let text = '';
-    const timer = setTimeout(() => {
-      s.destroy();
-      reject(new Error(`no close within ${timeoutMs} ms; got ${JSON.stringify(text.slice(0, 200))}`));
-    }, timeoutMs);
-    s.on('data', (c: Buffer) => (text += c.toString('latin1')));
-    s.on('error', () => {});
-    s.on('close', () => {
-      clearTimeout(timer);
-      resolve({ text, ms: performance.now() - started });
-    });
-  });
 }
 
 const randomToken = () => Array.from({ length: 40 }, () => '0123456789abcdef'[Math.floor(Math.random() * 16)]).join('');

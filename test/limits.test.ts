@@ -12,7 +12,7 @@ import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { HttpError } from '../src/protocol/errors.js';
 import { addressKey, clientAddress, Limits, RateLimiter, subscriptionsForFileLimit, type Slot } from '../src/server/ops/limits.js';
 import type { HookbotServer } from '../src/server/server.js';
-import { bearer, eventually, Inbox, publish, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
+import { bearer, eventually, Inbox, publish, rawExchange, startTestServer, subscribe, token, wsConnect, wsUrl } from './helpers.js';
 
 function fakeRequest(remoteAddress: string, xff?: string): IncomingMessage {
   return { socket: { remoteAddress }, headers: xff === undefined ? {} : { 'x-forwarded-for': xff } } as unknown as IncomingMessage;
@@ -255,6 +255,25 @@ describe('subscriber caps', () => {
       expect(text).toMatch(/hookbot_subscribers_refused_total\{transport="ws",reason="per_ip_limit"\} [4-9]/);
       expect(text).toMatch(/hookbot_subscribers_refused_total\{transport="sse",reason="per_ip_limit"\} 1/);
       b.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('a handshake that ws refuses after admission (a bad Sec-WebSocket-Key) frees its slot as its connection closes', async () => {
+    const server = await startTestServer({ maxSubscribersPerIp: '1', limitExempt: '' });
+    try {
+      const path = '/sub/bad-key';
+      const { text } = await rawExchange(
+        server.port,
+        `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-a-key\r\nAuthorization: ${bearer(path).authorization}\r\n\r\n`,
+      );
+      expect(text).toMatch(/^HTTP\/1\.1 400 /);
+      await eventually(() => server.limits.subscriptions === 0, 5000, 'slot freed');
+      // The address's one place is free again.
+      const ws = await subscribe(server, path);
+      expect(server.limits.subscriptions).toBe(1);
+      ws.close();
     } finally {
       await server.close();
     }

@@ -68,10 +68,15 @@ export function configureConnections(server: Server, ctx: Context, tls: boolean,
   // A backstop only: publish bodies have their own, tighter --body-timeout (http/publish.ts).
   server.requestTimeout = config.headerTimeoutMs + config.bodyTimeoutMs + 5000;
   server.keepAliveTimeout = config.idleTimeoutMs;
+  // One shared listener, not a closure per connection: it is all the server's own bookkeeping of a closed socket.
+  const closed = function (this: Socket): void {
+    sockets.delete(this);
+    limits.socketClosed(this);
+  };
   // The parser sits on the TLS socket for HTTPS, so that is the one whose requests we see.
   server.on(tls ? 'secureConnection' : 'connection', (socket: Socket) => {
     sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
+    socket.on('close', closed);
     limits.trackConnection(socket);
     routeUpgrades(socket);
   });

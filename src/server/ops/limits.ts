@@ -207,11 +207,31 @@ export class RateLimiter {
 
 /** A subscriber's place under the limits, held until its connection ends. */
 export interface Slot {
-  /**
-   * Gives the place back; calling it twice is harmless. It needs no `this`, so
-   * it can be the close listener itself: a connection then retains only it.
-   */
-  readonly release: () => void;
+  /** Gives the place back; calling it twice is harmless. */
+  release(): void;
+}
+
+/** What a Slot gives back to. */
+interface SlotOwner {
+  subscriberLeft(key: string | undefined): void;
+}
+
+/** An object rather than a closure: one small allocation per subscriber, of thousands. */
+class SubscriberSlot implements Slot {
+  readonly #owner: SlotOwner;
+  readonly #key: string | undefined;
+  #released = false;
+
+  constructor(owner: SlotOwner, key: string | undefined) {
+    this.#owner = owner;
+    this.#key = key;
+  }
+
+  release(): void {
+    if (this.#released) return;
+    this.#released = true;
+    this.#owner.subscriberLeft(this.#key);
+  }
 }
 
 /** What a refusal by a limit says: which limit, and when to come back. */
@@ -220,7 +240,7 @@ function refusal(status: number, retryAfter: number, message: string): HttpError
 }
 
 /** The server's limits, shared by the HTTP (publish, SSE) and WebSocket transports. */
-export class Limits {
+export class Limits implements SlotOwner {
   readonly config: LimitsConfig;
   readonly #rate: RateLimiter | undefined;
   readonly #exempt: BlockList;
@@ -232,6 +252,10 @@ export class Limits {
    */
   readonly #byConnection = new WeakMap<Socket, string | null>();
   readonly #connections = new Map<string, number>();
+  /** Connections counted in #connections, uncounted by socketClosed. */
+  readonly #counted = new WeakSet<Socket>();
+  /** Subscriber slots held until their socket closes (socketClosed). */
+  readonly #slotBySocket = new WeakMap<Socket, Slot>();
   /** Connections past --max-connections-per-ip: answered 429 at their first request. */
   readonly #overLimit = new WeakSet<Socket>();
   #subscriptions = 0;
@@ -285,11 +309,27 @@ export class Limits {
       return;
     }
     this.#connections.set(key, held + 1);
-    socket.once('close', () => {
-      const n = (this.#connections.get(key) ?? 1) - 1;
-      if (n <= 0) this.#connections.delete(key);
-      else this.#connections.set(key, n);
-    });
+    this.#counted.add(socket);
+  }
+
+  /** Gives `slot` back when `socket` closes (a subscriber's connection closes with its stream, whatever the transport). */
+  releaseOnClose(socket: Socket, slot: Slot): void {
+    this.#slotBySocket.set(socket, slot);
+  }
+
+  /**
+   * A connection closed: its count and any slot it held are given back. The
+   * server's one close listener per connection calls this, so limits add no
+   * listener (and no closure) of their own to each of thousands of sockets.
+   */
+  socketClosed(socket: Socket): void {
+    this.#slotBySocket.get(socket)?.release();
+    if (!this.#counted.delete(socket)) return;
+    const key = this.#byConnection.get(socket);
+    if (typeof key !== 'string') return;
+    const n = (this.#connections.get(key) ?? 1) - 1;
+    if (n <= 0) this.#connections.delete(key);
+    else this.#connections.set(key, n);
   }
 
   /** Concurrent subscribers admitted and not yet released. */
@@ -351,17 +391,15 @@ export class Limits {
     }
     if (key !== undefined) this.#perAddress.set(key, held + 1);
     this.#subscriptions++;
-    let released = false;
-    return {
-      release: () => {
-        if (released) return;
-        released = true;
-        this.#subscriptions--;
-        if (key === undefined) return;
-        const n = (this.#perAddress.get(key) ?? 1) - 1;
-        if (n <= 0) this.#perAddress.delete(key);
-        else this.#perAddress.set(key, n);
-      },
-    };
+    return new SubscriberSlot(this, key);
+  }
+
+  /** A slot was released (SubscriberSlot.release, once per slot). */
+  subscriberLeft(key: string | undefined): void {
+    this.#subscriptions--;
+    if (key === undefined) return;
+    const n = (this.#perAddress.get(key) ?? 1) - 1;
+    if (n <= 0) this.#perAddress.delete(key);
+    else this.#perAddress.set(key, n);
   }
 }

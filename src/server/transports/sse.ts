@@ -77,8 +77,9 @@ export class SseTransport {
       return replyError(res, asHttpError(err));
     }
     const { endpoint, since, slot } = admitted;
-    // The slot is held for as long as the event stream is open.
-    res.once('close', slot.release);
+    // The slot is held for as long as the event stream, and so its connection, is open.
+    if (res.socket) this.#ctx.limits.releaseOnClose(res.socket, slot);
+    else slot.release();
     this.stream(res, endpoint.topic, encoder, since);
   }
 

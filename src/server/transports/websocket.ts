@@ -10,13 +10,13 @@
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { CloseCode, HttpError } from '../../protocol/errors.js';
 import { isRecursive } from '../../protocol/topics.js';
 import { admit, SINCE_QUERY } from '../admission.js';
 import type { Context } from '../context.js';
 import { asHttpError, refuseSocket } from '../http/respond.js';
-import type { Connection, EndReason, Sessions } from '../subscriber.js';
+import type { Connection, EndReason, Session, Sessions } from '../subscriber.js';
 import { hookbotV1Encoder, SUBPROTOCOL } from './hookbot-v1.js';
 import { framedEncoder, rawEncoder } from './raw.js';
 
@@ -36,32 +36,51 @@ const CLOSES: Record<EndReason, [code: number, reason: string]> = {
   missed: [CloseCode.MISSED, 'messages were missed; reconnect with ?since=<last id>'],
 };
 
-/** A WebSocket as a session's connection: it ends with a close frame. */
-class WsConnection implements Connection {
-  readonly #ws: WebSocket;
+/**
+ * A subscriber's WebSocket, made by `ws` (its `WebSocket` option) and used as
+ * its session's connection: it ends with a close frame. Its event listeners
+ * are shared functions that find their session here, so a connection holds
+ * no closures of its own (idle subscribers are counted in thousands).
+ */
+class SubscriberSocket extends WebSocket implements Connection {
+  session: Session | undefined;
   /** Cleared by each ping, set by each pong: a subscriber that misses one is dropped. */
   alive = true;
 
-  constructor(ws: WebSocket) {
-    this.#ws = ws;
-  }
-
   end(reason: EndReason): void {
     const [code, text] = CLOSES[reason];
-    this.#ws.close(code, text);
+    this.close(code, text);
     // The close frame queues behind a slow subscriber's backlog; end the connection soon regardless.
-    if (reason === 'slow') setTimeout(() => this.#ws.terminate(), SLOW_CLOSE_GRACE_MS).unref();
+    if (reason === 'slow') setTimeout(() => this.terminate(), SLOW_CLOSE_GRACE_MS).unref();
   }
 
   /** A subscriber that did not answer the last ping is dropped; the others are pinged again. */
   heartbeat(): void {
     if (!this.alive) {
-      this.#ws.terminate();
+      this.terminate();
       return;
     }
     this.alive = false;
-    this.#ws.ping();
+    this.ping();
   }
+}
+
+// ws types a listener's `this` as its base class; every socket here is a SubscriberSocket.
+function onPong(this: WebSocket): void {
+  (this as SubscriberSocket).alive = true;
+}
+
+function onMessage(this: WebSocket): void {
+  this.close(CloseCode.POLICY_VIOLATION, 'subscribers must not send data');
+}
+
+function onClose(this: WebSocket): void {
+  (this as SubscriberSocket).session?.disconnected();
+}
+
+/** Until `ws` takes the socket over, an error (a reset mid-handshake) just ends it. */
+function destroyOnError(this: Duplex): void {
+  this.destroy();
 }
 
 export class WebSocketTransport {
@@ -69,12 +88,14 @@ export class WebSocketTransport {
   readonly #sessions: Sessions;
   readonly #wss: WebSocketServer;
   readonly #pingTimer: NodeJS.Timeout;
+  readonly #onError: (this: WebSocket, err: Error) => void;
 
   constructor(ctx: Context, sessions: Sessions) {
     this.#ctx = ctx;
     this.#sessions = sessions;
     this.#wss = new WebSocketServer({
       noServer: true,
+      WebSocket: SubscriberSocket,
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: MAX_INCOMING_FRAME,
@@ -84,11 +105,15 @@ export class WebSocketTransport {
     this.#wss.on('headers', (headers) => headers.push('X-Content-Type-Options: nosniff'));
     this.#pingTimer = setInterval(() => sessions.each('ws', (s) => s.heartbeat()), ctx.config.pingIntervalMs);
     this.#pingTimer.unref();
+    const log = ctx.log;
+    this.#onError = function (err) {
+      log.debug({ topic: (this as SubscriberSocket).session?.topic, err: err.message }, 'subscriber protocol error');
+    };
   }
 
   /** The server's `upgrade` listener for WebSocket requests. */
   handleUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroyOnError);
     let admitted;
     try {
       admitted = admit(this.#ctx, req, 'ws', [SINCE_QUERY]);
@@ -98,25 +123,18 @@ export class WebSocketTransport {
     }
     const { endpoint, since, slot } = admitted;
     // Held until the connection ends, whether or not the handshake completes.
-    socket.once('close', slot.release);
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws, socket as Socket, endpoint.topic, since));
+    this.#ctx.limits.releaseOnClose(socket as Socket, slot);
+    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#accept(ws as SubscriberSocket, socket as Socket, endpoint.topic, since));
   }
 
-  #accept(ws: WebSocket, socket: Socket, topic: string, since: string | undefined): void {
-    const log = this.#ctx.log;
-    const connection = new WsConnection(ws);
+  #accept(ws: SubscriberSocket, socket: Socket, topic: string, since: string | undefined): void {
     const encoder = ws.protocol === SUBPROTOCOL ? hookbotV1Encoder : isRecursive(topic) ? framedEncoder : rawEncoder;
-    const session = this.#sessions.open({ transport: 'ws', topic, encoder, socket, connection });
-    ws.on('pong', () => {
-      connection.alive = true;
-    });
-    ws.on('message', () => {
-      ws.close(CloseCode.POLICY_VIOLATION, 'subscribers must not send data');
-    });
-    ws.on('error', (err) => {
-      log.debug({ topic, err: err.message }, 'subscriber protocol error');
-    });
-    ws.on('close', () => session.disconnected());
+    const session = this.#sessions.open({ transport: 'ws', topic, encoder, socket, connection: ws });
+    ws.session = session;
+    ws.on('pong', onPong);
+    ws.on('message', onMessage);
+    ws.on('error', this.#onError);
+    ws.on('close', onClose);
     session.start(since);
   }
 
