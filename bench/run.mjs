@@ -777,6 +777,9 @@ async function idle(kind, cfg) {
     await clients.call('reset', {});
     const warm = await publishMany(srv, { n: 200, concurrency: 8, topicFor: (i) => warmTopics[i % warmTopics.length], bytes: 256 });
     await clients.call('expect', { total: warm.ok, timeoutMs: 10000, stallMs: 3000 });
+    // The durable store checkpoints a second after its last commit, in its worker thread, whose
+    // first run then grows (code, page cache); wait past that, so it is in the baseline too.
+    await sleep(2500);
     const before = await settledRss(srv.pid);
     const batch = (b) => Array.from({ length: cfg.connections }, (_, i) => subTarget(srv, `idle/${b * cfg.connections + i}`));
     const conn = await clients.call('connect', { targets: batch(0), concurrency: 100 });
