@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
+import { connect, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, resolveServeConfig } from '../src/server/config.js';
 import { HttpError } from '../src/protocol/errors.js';
@@ -90,6 +91,24 @@ describe('client addresses', () => {
     const strict = new Limits({ ...base, limitExempt: [] });
     expect(strict.publish(fakeRequest('127.0.0.1'))).toBeUndefined();
     expect(strict.publish(fakeRequest('127.0.0.1'))?.status).toBe(429);
+  });
+
+  it('gives back every slot held on a connection when it closes, once', () => {
+    const limits = new Limits({ rateLimit: 0, rateLimitBurst: 0, maxSubscribersPerIp: 0, maxSubscriptions: 0, maxConnectionsPerIp: 0, maxBodyInFlight: 0, trustProxy: 0, limitExempt: [] });
+    const socket = new Socket();
+    const other = new Socket();
+    for (const s of [socket, socket, other]) {
+      const slot = limits.admitSubscriber(fakeRequest('192.0.2.1'));
+      if (slot instanceof HttpError) throw slot;
+      limits.releaseOnClose(s, slot);
+    }
+    expect(limits.subscriptions).toBe(3);
+    limits.socketClosed(socket);
+    expect(limits.subscriptions).toBe(1);
+    limits.socketClosed(socket);
+    expect(limits.subscriptions).toBe(1);
+    limits.socketClosed(other);
+    expect(limits.subscriptions).toBe(0);
   });
 
   it('releases subscriber slots once, and forgets an address at zero', () => {
@@ -274,6 +293,25 @@ describe('subscriber caps', () => {
       const ws = await subscribe(server, path);
       expect(server.limits.subscriptions).toBe(1);
       ws.close();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('SSE subscribes pipelined on one connection: the first streams, the queued one holds no slot, and closing frees them all', async () => {
+    const server = await startTestServer({ maxSubscribersPerIp: '5', limitExempt: '' });
+    try {
+      const path = '/sub/pipelined';
+      const get = `GET ${path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: ${bearer(path).authorization}\r\n\r\n`;
+      const socket = connect(server.port, '127.0.0.1');
+      let text = '';
+      socket.on('data', (c: Buffer) => (text += c.toString('latin1')));
+      socket.write(get + get);
+      await eventually(() => text.startsWith('HTTP/1.1 200 OK\r\n'), 5000, 'the first stream');
+      await eventually(() => server.sessions.counts().sse === 1, 5000, 'one SSE session');
+      expect(server.limits.subscriptions).toBe(1);
+      socket.destroy();
+      await eventually(() => server.limits.subscriptions === 0, 5000, 'slots freed');
     } finally {
       await server.close();
     }

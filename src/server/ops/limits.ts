@@ -254,8 +254,8 @@ export class Limits implements SlotOwner {
   readonly #connections = new Map<string, number>();
   /** Connections counted in #connections, uncounted by socketClosed. */
   readonly #counted = new WeakSet<Socket>();
-  /** Subscriber slots held until their socket closes (socketClosed). */
-  readonly #slotBySocket = new WeakMap<Socket, Slot>();
+  /** Subscriber slots held until their socket closes (socketClosed): almost always one. */
+  readonly #slotsBySocket = new WeakMap<Socket, Slot | Slot[]>();
   /** Connections past --max-connections-per-ip: answered 429 at their first request. */
   readonly #overLimit = new WeakSet<Socket>();
   #subscriptions = 0;
@@ -312,9 +312,16 @@ export class Limits implements SlotOwner {
     this.#counted.add(socket);
   }
 
-  /** Gives `slot` back when `socket` closes (a subscriber's connection closes with its stream, whatever the transport). */
+  /**
+   * Gives `slot` back when `socket` closes. A subscriber's connection closes
+   * with its stream; one connection can hold more than one slot only when a
+   * client pipelines, and then all are given back.
+   */
   releaseOnClose(socket: Socket, slot: Slot): void {
-    this.#slotBySocket.set(socket, slot);
+    const held = this.#slotsBySocket.get(socket);
+    if (held === undefined) this.#slotsBySocket.set(socket, slot);
+    else if (Array.isArray(held)) held.push(slot);
+    else this.#slotsBySocket.set(socket, [held, slot]);
   }
 
   /**
@@ -323,7 +330,11 @@ export class Limits implements SlotOwner {
    * listener (and no closure) of their own to each of thousands of sockets.
    */
   socketClosed(socket: Socket): void {
-    this.#slotBySocket.get(socket)?.release();
+    const held = this.#slotsBySocket.get(socket);
+    if (held !== undefined) {
+      this.#slotsBySocket.delete(socket);
+      for (const slot of Array.isArray(held) ? held : [held]) slot.release();
+    }
     if (!this.#counted.delete(socket)) return;
     const key = this.#byConnection.get(socket);
     if (typeof key !== 'string') return;

@@ -12,7 +12,7 @@
  * switches to live with no gap and no duplicate.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { HttpError } from '../../protocol/errors.js';
+import { HttpError, Status } from '../../protocol/errors.js';
 import { admit, type SinceSource } from '../admission.js';
 import type { Context } from '../context.js';
 import { asHttpError, replyError } from '../http/respond.js';
@@ -77,9 +77,15 @@ export class SseTransport {
       return replyError(res, asHttpError(err));
     }
     const { endpoint, since, slot } = admitted;
-    // The slot is held for as long as the event stream, and so its connection, is open.
-    if (res.socket) this.#ctx.limits.releaseOnClose(res.socket, slot);
-    else slot.release();
+    // A response queued behind another on its connection (a pipelined request) has no socket,
+    // and never will while the stream ahead of it stays open: nothing to stream on.
+    if (!res.socket) {
+      slot.release();
+      return replyError(res, new HttpError(Status.BAD_REQUEST, 'an event stream cannot be pipelined behind another request'));
+    }
+    // Held until the connection closes, which it does with the stream. (A queued response never
+    // sees 'close' of its own: the socket's is the one that comes.)
+    this.#ctx.limits.releaseOnClose(res.socket, slot);
     this.stream(res, endpoint.topic, encoder, since);
   }
 
