@@ -113,12 +113,7 @@ class PrefixHmac {
     this.#ipad.copy(input);
     input.write(prefixes[prefixes.length - 1], SHA1_BLOCK, 'utf8');
     if (ends.reduce((sum, e) => sum + e, 0) <= ONE_SHOT_BYTES) {
-      // Digests come back as one-byte strings ('binary' is latin1) and are written into the buffers:
-      // a Buffer result would be a native allocation per digest, freed only when V8 collects it.
-      for (let i = 0; i < ends.length; i++) {
-        this.#outerInput.write(hash('sha1', input.subarray(0, ends[i]), 'binary'), SHA1_BLOCK, 'latin1');
-        out.write(hash('sha1', this.#outerInput, 'binary'), offsets[i], 'latin1');
-      }
+      for (let i = 0; i < ends.length; i++) this.#outer(hash('sha1', input.subarray(0, ends[i]), 'binary'), out, offsets[i]);
       return;
     }
     const inner: Hash = createHash('sha1');
@@ -126,13 +121,19 @@ class PrefixHmac {
     for (let i = 0; i < ends.length; i++) {
       if (ends[i] > done) inner.update(input.subarray(done, ends[i]));
       done = ends[i];
-      this.#outer(inner.copy().digest(), out, offsets[i]);
+      this.#outer(inner.copy().digest('binary'), out, offsets[i]);
     }
   }
 
-  #outer(innerDigest: Buffer, out: Buffer, offset: number): void {
-    innerDigest.copy(this.#outerInput, SHA1_BLOCK);
-    hash('sha1', this.#outerInput, 'buffer').copy(out, offset);
+  /**
+   * The outer hash over an inner digest, written into `out` at `offset`.
+   * Digests travel as one-byte strings ('binary' is latin1) written into the
+   * buffers: a Buffer result would be a native allocation per digest, freed
+   * only when V8 collects it.
+   */
+  #outer(innerDigest: string, out: Buffer, offset: number): void {
+    this.#outerInput.write(innerDigest, SHA1_BLOCK, 'latin1');
+    out.write(hash('sha1', this.#outerInput, 'binary'), offset, 'latin1');
   }
 }
 
