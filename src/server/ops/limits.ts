@@ -234,6 +234,13 @@ class SubscriberSlot implements Slot {
   }
 }
 
+/** One fewer held under `key`; a key at zero is forgotten, so the map stays bounded by what is held. */
+function decrement(counts: Map<string, number>, key: string): void {
+  const n = (counts.get(key) ?? 1) - 1;
+  if (n <= 0) counts.delete(key);
+  else counts.set(key, n);
+}
+
 /** What a refusal by a limit says: which limit, and when to come back. */
 function refusal(status: number, retryAfter: number, message: string): HttpError {
   return new HttpError(status, message, { 'retry-after': String(retryAfter) });
@@ -337,10 +344,7 @@ export class Limits implements SlotOwner {
     }
     if (!this.#counted.delete(socket)) return;
     const key = this.#byConnection.get(socket);
-    if (typeof key !== 'string') return;
-    const n = (this.#connections.get(key) ?? 1) - 1;
-    if (n <= 0) this.#connections.delete(key);
-    else this.#connections.set(key, n);
+    if (typeof key === 'string') decrement(this.#connections, key);
   }
 
   /** Concurrent subscribers admitted and not yet released. */
@@ -408,9 +412,6 @@ export class Limits implements SlotOwner {
   /** A slot was released (SubscriberSlot.release, once per slot). */
   subscriberLeft(key: string | undefined): void {
     this.#subscriptions--;
-    if (key === undefined) return;
-    const n = (this.#perAddress.get(key) ?? 1) - 1;
-    if (n <= 0) this.#perAddress.delete(key);
-    else this.#perAddress.set(key, n);
+    if (key !== undefined) decrement(this.#perAddress, key);
   }
 }

@@ -12,6 +12,7 @@
  * switches to live with no gap and no duplicate.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { HttpError, Status } from '../../protocol/errors.js';
 import { admit, type SinceSource } from '../admission.js';
 import type { Context } from '../context.js';
@@ -86,13 +87,11 @@ export class SseTransport {
     // Held until the connection closes, which it does with the stream. (A queued response never
     // sees 'close' of its own: the socket's is the one that comes.)
     this.#ctx.limits.releaseOnClose(res.socket, slot);
-    this.stream(res, endpoint.topic, encoder, since);
+    this.#stream(res, res.socket, endpoint.topic, encoder, since);
   }
 
   /** Opens an event stream of `topic` in `encoder`'s format on an admitted request. */
-  stream(res: ServerResponse, topic: string, encoder: Encoder, since: string | undefined): void {
-    const socket = res.socket;
-    if (!socket) return;
+  #stream(res: ServerResponse, socket: Socket, topic: string, encoder: Encoder, since: string | undefined): void {
     // No chunked encoding: events go straight onto the socket, and the connection closes with the stream.
     res.useChunkedEncodingByDefault = false;
     res.writeHead(200, {
